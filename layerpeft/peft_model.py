@@ -1,0 +1,157 @@
+"""Applying a layer plan to a transformers model, and adapter save/load.
+
+``apply_plan`` freezes the base model, builds one ``AdapterModule`` per (layer, kind) of the
+plan, registers them under ``model.layerpeft`` (so ``.to()``, ``.parameters()`` and
+``.train()`` reach them) and hooks them into their layers. The model stays a plain
+transformers model: ``model(...)`` and ``model.generate(...)`` work as before, with one
+extra forward argument, ``prompt_mask``, that tells prompt-dependent modules which tokens
+are the prompt in a teacher-forced sequence.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from layerpeft.methods import MODULE_KINDS, AdapterModule, ForwardContext
+from layerpeft.methods.prefix import Prefix, install_prefix_attention
+from layerpeft.models.roles import Dims, decoder_layers, family_of
+from layerpeft.plan import LayerPlan, PlanError
+
+ADAPTER_FILE = "adapter.safetensors"
+ATTR = "layerpeft"
+
+
+class AdapterSet(nn.Module):
+    """All PEFT modules of one model, keyed ``layers.<index>.<kind>``."""
+
+    def __init__(self, plan: LayerPlan, dims: Dims, family, device=None):
+        super().__init__()
+        self.plan = plan
+        self.ctx = ForwardContext()
+        self.layers = nn.ModuleDict()
+        with torch.device(device or "cpu"):
+            for i, kinds in enumerate(plan.layers):
+                if kinds:
+                    self.layers[str(i)] = nn.ModuleDict(
+                        {k: MODULE_KINDS[k](i, dims, family, self.ctx, **plan.options[k]) for k in kinds}
+                    )
+        self._handles: list = []
+
+    def adapter_modules(self) -> Iterator[AdapterModule]:
+        for layer in self.layers.values():
+            yield from layer.values()
+
+    def layer_params(self, index: int) -> int:
+        key = str(index)
+        return sum(p.numel() for p in self.layers[key].parameters()) if key in self.layers else 0
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def set_response_scale(self, scale: float, layers: list[int] | None = None) -> None:
+        """Scale every module's contribution (or only those in ``layers``); 0 = base model."""
+        for m in self.adapter_modules():
+            if layers is None or m.layer_idx in layers:
+                m.response_scale = float(scale)
+
+    def fold(self) -> None:
+        """Fold training-time reparametrisations (prefix MLP) into plain parameters."""
+        for m in self.adapter_modules():
+            if isinstance(m, Prefix):
+                m.fold()
+        if "prefix" in self.plan.options:
+            self.plan.options["prefix"]["reparam"] = False
+
+    def detach_hooks(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+def get_adapters(model: nn.Module) -> AdapterSet:
+    adapters = getattr(model, ATTR, None)
+    if not isinstance(adapters, AdapterSet):
+        raise ValueError("model has no layer plan applied (use layerpeft.apply_plan)")
+    return adapters
+
+
+def apply_plan(model: nn.Module, plan: LayerPlan) -> AdapterSet:
+    """Freeze ``model``, place the plan's modules and return them."""
+    if isinstance(getattr(model, ATTR, None), AdapterSet):
+        raise ValueError("model already has a layer plan applied")
+    family = family_of(model.config)
+    dims = Dims.from_config(model.config)
+    if plan.num_layers != dims.num_layers:
+        raise PlanError(f"plan is for {plan.num_layers} layers, the model has {dims.num_layers}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    device = next(model.parameters()).device
+    adapters = AdapterSet(plan, dims, family, device=device)
+    adapters.train(model.training)
+    model.add_module(ATTR, adapters)
+
+    layers = decoder_layers(model, family)
+    for m in adapters.adapter_modules():
+        adapters._handles.extend(m.attach(layers[m.layer_idx]))
+    if "prefix" in plan.kinds:
+        install_prefix_attention(model)
+    adapters._handles.append(
+        model.register_forward_pre_hook(_context_hook(adapters.ctx), with_kwargs=True)
+    )
+    return adapters
+
+
+def _context_hook(ctx: ForwardContext):
+    """Model-level pre-hook: record the prompt mask and whether this is a cached step."""
+
+    def hook(_mod, args, kwargs):
+        prompt_mask = kwargs.pop("prompt_mask", None)
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        ctx.decoding = cache is not None and cache.get_seq_length() > 0
+        if not ctx.decoding:
+            if prompt_mask is None:
+                prompt_mask = kwargs.get("attention_mask")
+            ctx.prompt_mask = None if prompt_mask is None else prompt_mask.bool()
+        return args, kwargs
+
+    return hook
+
+
+def save_adapter(model: nn.Module, directory: str | Path, extra_meta: dict | None = None) -> Path:
+    """Write the adapter weights and plan as one safetensors file (no pickles)."""
+    adapters = get_adapters(model)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in adapters.state_dict().items()}
+    meta = {"format": "pt", "layerpeft_plan": adapters.plan.to_json()}
+    for k, v in (extra_meta or {}).items():
+        meta[k] = json.dumps(v)
+    path = directory / ADAPTER_FILE
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def read_adapter_plan(directory: str | Path) -> LayerPlan:
+    with safe_open(str(Path(directory) / ADAPTER_FILE), framework="pt") as f:
+        return LayerPlan.from_dict(json.loads(f.metadata()["layerpeft_plan"]))
+
+
+def load_adapter(model: nn.Module, directory: str | Path) -> AdapterSet:
+    """Apply the saved plan to ``model`` and load the saved weights into it (strictly)."""
+    path = Path(directory) / ADAPTER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no adapter at {path}")
+    adapters = apply_plan(model, read_adapter_plan(directory))
+    state = {}
+    with safe_open(str(path), framework="pt") as f:
+        for k in f.keys():
+            state[k] = f.get_tensor(k)
+    adapters.load_state_dict(state, strict=True)
+    return adapters
