@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny models built in code, the real SmolLM2 only for `slow` tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from layerpeft.config import compose
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# (method, extra overrides) — every generic test runs over all of these on both tiny families.
+METHOD_CASES = {
+    "lora": [],
+    "lora_all": ["method=lora", "method.options.lora.targets=all"],
+    "prefix": [],
+    "prefix_reparam": ["method=prefix", "method.options.prefix.reparam=true"],
+    "parallel": [],
+    "series": [],
+    "series_pfeiffer": ["method=series", "method.options.series.variant=pfeiffer"],
+    "ia3": [],
+    "hlpt": [],
+    "hlpt_nogate": ["method=hlpt", "method.gate=false"],
+    "hlpt_attn": ["method=hlpt", "method.bottom=lora_attn"],
+    # 3:4:1 leaves no layer for the prefix on 4 layers: give the counts explicitly.
+    "h2lpt": ["+layer_ratio.parts=[1,2,1]"],
+}
+TINY_MODELS = ["tiny", "tiny_gptj"]
+
+
+def case_overrides(model: str, case: str) -> list[str]:
+    extra = METHOD_CASES[case]
+    method = [] if any(o.startswith("method=") for o in extra) else [f"method={case}"]
+    return [f"model={model}", *method, *extra]
+
+
+def case_cfg(model: str, case: str):
+    return compose("plan", case_overrides(model, case))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

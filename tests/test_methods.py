@@ -1,0 +1,150 @@
+"""The generic contract, for every method × tiny model family (peft's TEST_CASES idea)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import METHOD_CASES, TINY_MODELS, case_cfg
+from layerpeft import apply_plan, load_adapter, save_adapter
+from layerpeft.commands.plan import plan_for
+from layerpeft.methods import MODULE_KINDS
+from layerpeft.models.loading import load_model
+from layerpeft.peft_model import ADAPTER_FILE
+
+CASES = [(m, c) for m in TINY_MODELS for c in METHOD_CASES]
+T, PROMPT = 14, 8
+
+
+def build(model_name, case):
+    cfg = case_cfg(model_name, case)
+    model, _ = load_model(cfg.model)
+    ids = torch.randint(3, model.config.vocab_size, (2, T))
+    with torch.no_grad():
+        base = model(input_ids=ids).logits
+    adapters = apply_plan(model, plan_for(cfg))
+    return cfg, model, adapters, ids, base
+
+
+def perturb(adapters, std=0.2):
+    """Move every adapter parameter off its initial value (LoRA's zero B, IA3's ones, …)."""
+    with torch.no_grad():
+        for p in adapters.parameters():
+            p.add_(torch.randn_like(p) * std)
+
+
+def prompt_mask(batch=2, length=T, prompt=PROMPT):
+    return (torch.arange(length) < prompt).expand(batch, length)
+
+
+@pytest.mark.parametrize("model_name,case", CASES)
+def test_zero_init_leaves_logits_unchanged(model_name, case):
+    _, model, adapters, ids, base = build(model_name, case)
+    kinds = {type(m) for m in adapters.adapter_modules()}
+    if not all(k.zero_init for k in kinds):
+        pytest.skip("prefix tokens are random at init (not an identity method)")
+    with torch.no_grad():
+        out = model(input_ids=ids).logits
+    assert torch.allclose(out, base, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("model_name,case", CASES)
+def test_only_plan_parameters_change_in_training(model_name, case):
+    _, model, adapters, ids, _ = build(model_name, case)
+    base_before = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("layerpeft.")}
+    adapter_before = {n: p.detach().clone() for n, p in adapters.named_parameters()}
+    assert all(p.requires_grad for p in adapters.parameters())
+    assert not any(p.requires_grad for n, p in model.named_parameters() if not n.startswith("layerpeft."))
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
+    for _ in range(3):
+        loss = model(input_ids=ids, labels=ids, prompt_mask=prompt_mask()).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    for n, p in model.named_parameters():
+        if not n.startswith("layerpeft."):
+            assert torch.equal(p, base_before[n]), f"base parameter {n} changed"
+    unchanged = [n for n, p in adapters.named_parameters() if torch.equal(p, adapter_before[n])]
+    assert not unchanged, f"adapter parameters that did not train: {unchanged}"
+
+
+@pytest.mark.parametrize("model_name,case", CASES)
+def test_response_scale_zero_restores_base(model_name, case):
+    _, model, adapters, ids, base = build(model_name, case)
+    perturb(adapters)
+    with torch.no_grad():
+        assert not torch.allclose(model(input_ids=ids).logits, base, atol=1e-4)
+        adapters.set_response_scale(0.0)
+        assert torch.allclose(model(input_ids=ids).logits, base, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("model_name,case", CASES)
+def test_teacher_forced_equals_cached_decoding(model_name, case):
+    _, model, adapters, ids, _ = build(model_name, case)
+    perturb(adapters)
+    with torch.no_grad():
+        full = model(input_ids=ids, prompt_mask=prompt_mask()).logits
+        out = model(input_ids=ids[:, :PROMPT], use_cache=True)
+        cache, steps = out.past_key_values, [out.logits[:, -1]]
+        for t in range(PROMPT, T - 1):
+            out = model(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True)
+            cache = out.past_key_values
+            steps.append(out.logits[:, -1])
+    cached = torch.stack(steps, dim=1)
+    torch.testing.assert_close(cached, full[:, PROMPT - 1 : T - 1], atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("model_name", TINY_MODELS)
+def test_prefix_gate_reads_only_the_prompt(model_name):
+    """Negative control for the test above: the gate is pooled over the prompt, not the response."""
+    _, model, adapters, ids, _ = build(model_name, "hlpt")
+    perturb(adapters, std=1.0)
+    with torch.no_grad():
+        with_prompt = model(input_ids=ids, prompt_mask=prompt_mask()).logits
+        whole = model(input_ids=ids).logits
+    assert not torch.allclose(with_prompt[:, PROMPT:], whole[:, PROMPT:], atol=1e-5)
+
+
+@pytest.mark.parametrize("model_name,case", CASES)
+def test_save_load_roundtrip(model_name, case, tmp_path):
+    cfg, model, adapters, ids, _ = build(model_name, case)
+    perturb(adapters)
+    with torch.no_grad():
+        expected = model(input_ids=ids, prompt_mask=prompt_mask()).logits
+    save_adapter(model, tmp_path)
+    assert (tmp_path / ADAPTER_FILE).is_file()
+    assert not list(tmp_path.glob("*.bin")) and not list(tmp_path.glob("*.pt"))
+    fresh, _ = load_model(cfg.model)
+    load_adapter(fresh, tmp_path)
+    with torch.no_grad():
+        got = fresh(input_ids=ids, prompt_mask=prompt_mask()).logits
+    assert torch.equal(got, expected)
+
+
+def test_prefix_reparam_folds_to_the_same_function():
+    _, model, adapters, ids, _ = build("tiny", "prefix_reparam")
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        adapters.fold()
+        after = model(input_ids=ids).logits
+    assert not any("mlp" in n for n, _ in adapters.named_parameters())
+    assert adapters.plan.options["prefix"]["reparam"] is False
+    torch.testing.assert_close(after, before, atol=1e-6, rtol=0)
+
+
+def test_prefix_does_not_shift_positions():
+    """A prefix whose keys can never win attention (scale → 0) leaves outputs as the base."""
+    _, model, adapters, ids, base = build("tiny", "prefix")
+    adapters.set_response_scale(1e-30)
+    with torch.no_grad():
+        out = model(input_ids=ids).logits
+    torch.testing.assert_close(out, base, atol=1e-5, rtol=0)
+
+
+def test_every_module_kind_is_covered_by_the_matrix():
+    covered = set()
+    for case in METHOD_CASES:
+        cfg = case_cfg("tiny", case)
+        covered |= set(plan_for(cfg).kinds)
+    assert covered == set(MODULE_KINDS)
