@@ -12,7 +12,9 @@ import hydra
 from omegaconf import DictConfig
 
 from layerpeft.config import CONF_DIR
+from layerpeft.data.files import DataError
 from layerpeft.plan import PlanError
+from layerpeft.train.loop import TrainingDiverged
 
 HYDRA_COMMANDS = ("train", "eval", "plan")
 USAGE = """usage: layerpeft {train,eval,plan,report} [args...]
@@ -35,7 +37,7 @@ def _run_hydra(command: str, argv: list[str]) -> None:
     def task(cfg: DictConfig) -> None:
         try:
             return module.run(cfg)
-        except (PlanError, UserError, FileNotFoundError) as e:
+        except (PlanError, DataError, TrainingDiverged, UserError, FileNotFoundError) as e:
             print(f"layerpeft {command}: error: {e}", file=sys.stderr)
             sys.exit(2)
 

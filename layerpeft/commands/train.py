@@ -1,0 +1,90 @@
+"""``layerpeft train``: plan → data → model → train → save → evaluate → metrics.json.
+
+Everything that can be wrong with the inputs (plan, options, data files) is checked before
+the model loads. Inside a multirun sweep a failing job is recorded in its run directory
+(``metrics.json`` with ``status: failed``) and the sweep goes on; ``SweepSummary`` lists the
+failures at the end. A single run re-raises.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from layerpeft.commands.plan import plan_for
+from layerpeft.data.tasks import load_task
+from layerpeft.eval.generate import evaluate
+from layerpeft.export import export_peft_lora, peft_compatible
+from layerpeft.models.loading import load_model
+from layerpeft.peft_model import apply_plan, get_adapters, save_adapter
+from layerpeft.rundir import ADAPTER_DIR, CONFIG, METRICS, PLAN, PREDICTIONS, write_json
+from layerpeft.tracking import make_tracker
+from layerpeft.train.loop import pick_device, train
+
+
+def sweep_group() -> str | None:
+    hc = HydraConfig.get()
+    return Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
+
+
+def execute(cfg: DictConfig, run_dir: Path) -> dict:
+    plan = plan_for(cfg)
+    task = load_task(cfg.dataset, cfg.data)
+    dev = pick_device(cfg.train)
+    OmegaConf.save(cfg, run_dir / CONFIG, resolve=True)
+    tracker = make_tracker(cfg, run_dir, group=sweep_group())
+    failed = True
+    try:
+        t0 = time.perf_counter()
+        model, tok = load_model(cfg.model, dtype=dev.model_dtype, device=dev.device)
+        adapters = apply_plan(model, plan)
+        write_json(run_dir / PLAN, {**plan.to_dict(), "layer_params": [adapters.layer_params(i) for i in range(plan.num_layers)]})
+        metrics: dict = {"status": "running", "model": cfg.model.name, "method": plan.method,
+                         "dataset": task.name, "trainable_params": adapters.num_params(),
+                         "total_params": sum(p.numel() for p in model.parameters())}
+        if adapters.num_params():
+            metrics["train"] = train(model, tok, task.train, cfg, run_dir, dev, tracker)
+            metrics["train"]["trainable_params"] = adapters.num_params()
+            get_adapters(model).fold()
+            save_adapter(model, run_dir / ADAPTER_DIR)
+            if peft_compatible(model):
+                export_peft_lora(model, run_dir / ADAPTER_DIR / "peft", cfg.model.get("hub_id") or cfg.model.name)
+        if cfg.eval.enabled:
+            metrics.update(evaluate(model, tok, task.evals, cfg.eval, run_dir / PREDICTIONS, task.missing))
+            tracker.log_eval(metrics, [])
+        metrics["status"] = "ok"
+        metrics["wall_s"] = time.perf_counter() - t0
+        write_json(run_dir / METRICS, metrics)
+        failed = False
+        return metrics
+    finally:
+        tracker.finish(failed=failed)
+
+
+def run(cfg: DictConfig) -> dict | None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        metrics = execute(cfg, run_dir)
+    except Exception as e:
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
+        # In a sweep the failure is recorded and summarised at the end; the next job runs.
+        write_json(run_dir / METRICS, {"status": "failed", "error": f"{type(e).__name__}: {e}",
+                                       "traceback": traceback.format_exc()})
+        print(f"job failed ({run_dir}): {type(e).__name__}: {e}")
+        return None
+    print_summary(metrics, run_dir)
+    return metrics
+
+
+def print_summary(metrics: dict, run_dir: Path) -> None:
+    from layerpeft.report.tables import accuracy_table
+
+    if "datasets" in metrics:
+        print(accuracy_table([(run_dir.name, metrics)]))
+    print(f"run directory: {run_dir}")

@@ -1,0 +1,168 @@
+"""The training loop, readable top to bottom (nanoGPT-style), with LLM-Adapters' defaults.
+
+One device: CUDA with bf16 autocast when present, CPU fp32 otherwise. Global batch 16 from
+micro-batches of 4 (gradient accumulation), AdamW, warm-up then linear decay. The data order
+of epoch e is a permutation seeded by ``seed + e`` and the RNG state is checkpointed, so a
+resumed run replays exactly what an uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+from transformers import (
+    get_constant_schedule_with_warmup,
+    get_cosine_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+)
+
+from layerpeft.data.prompts import collate, tokenize_example
+from layerpeft.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+SCHEDULES = {
+    "linear": get_linear_schedule_with_warmup,
+    "cosine": get_cosine_schedule_with_warmup,
+    "constant": lambda opt, warmup, total: get_constant_schedule_with_warmup(opt, warmup),
+}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the run stops and keeps its last good checkpoint."""
+
+
+@dataclass
+class Device:
+    device: torch.device
+    autocast: torch.dtype | None  # dtype of autocast, None for plain fp32
+
+    @property
+    def model_dtype(self) -> torch.dtype:
+        # On CUDA the frozen base is stored in bf16 (half the memory); adapters stay fp32.
+        return torch.bfloat16 if self.device.type == "cuda" and self.autocast else torch.float32
+
+
+def pick_device(train_cfg) -> Device:
+    want = train_cfg.device
+    if want not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"train.device={want!r} is not one of auto, cpu, cuda")
+    if want == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device=cuda but no CUDA device is available")
+    dev = torch.device("cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available()) else "cpu")
+    precision = train_cfg.precision
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"train.precision={precision!r} is not one of auto, fp32, bf16")
+    bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda")
+    return Device(dev, torch.bfloat16 if bf16 else None)
+
+
+def resolve_lr(cfg) -> float:
+    if cfg.train.lr is not None:
+        return float(cfg.train.lr)
+    by_dataset = cfg.method.get("lr_by_dataset") or {}
+    return float(by_dataset.get(cfg.dataset.name, cfg.method.lr))
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, dev: Device, tracker) -> dict[str, Any]:
+    """Train the model's adapters in place; returns the ``train`` block of metrics.json."""
+    t_cfg, d_cfg = cfg.train, cfg.data
+    if t_cfg.batch_size % t_cfg.micro_batch_size:
+        raise ValueError(
+            f"train.batch_size={t_cfg.batch_size} is not a multiple of train.micro_batch_size={t_cfg.micro_batch_size}"
+        )
+    data = [tokenize_example(tokenizer, ex, d_cfg.cutoff_len, d_cfg.train_on_inputs) for ex in examples]
+    if not data:
+        raise ValueError("the training set is empty")
+    steps_per_epoch = math.ceil(len(data) / t_cfg.batch_size)
+    total = int(t_cfg.max_steps) if t_cfg.max_steps else int(t_cfg.epochs) * steps_per_epoch
+    params = [p for p in model.parameters() if p.requires_grad]
+    lr = resolve_lr(cfg)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=t_cfg.weight_decay)
+    if t_cfg.schedule not in SCHEDULES:
+        raise ValueError(f"train.schedule={t_cfg.schedule!r} is not one of {', '.join(SCHEDULES)}")
+    scheduler = SCHEDULES[t_cfg.schedule](optimizer, t_cfg.warmup_steps, total)
+
+    step, history, tokens, wall = 0, [], 0, 0.0
+    resume_from = latest_checkpoint(run_dir) if t_cfg.resume else None
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, model, optimizer)
+        step, history, tokens, wall = state["step"], state["loss_history"], state["tokens"], state["wall_s"]
+        for _ in range(step):
+            scheduler.step()
+        print(f"resumed from {resume_from} at step {step}/{total}")
+
+    if dev.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev.device)
+    model.train()
+    n_micro = t_cfg.batch_size // t_cfg.micro_batch_size
+    bar = tqdm(total=total, initial=step, desc="train", dynamic_ncols=True)
+    last_ckpt = resume_from
+    order: torch.Tensor | None = None
+    while step < total:
+        epoch, pos = divmod(step, steps_per_epoch)
+        if pos == 0 or order is None:
+            order = torch.randperm(len(data), generator=torch.Generator().manual_seed(int(cfg.seed) + epoch))
+        batch_idx = order[pos * t_cfg.batch_size : (pos + 1) * t_cfg.batch_size].tolist()
+        t0 = time.perf_counter()
+        losses, step_tokens = [], 0
+        micro = [batch_idx[i : i + t_cfg.micro_batch_size] for i in range(0, len(batch_idx), t_cfg.micro_batch_size)]
+        for chunk in micro:
+            batch = {k: v.to(dev.device) for k, v in collate([data[i] for i in chunk], tokenizer.pad_token_id).items()}
+            with torch.autocast(dev.device.type, dtype=dev.autocast, enabled=dev.autocast is not None):
+                loss = model(**batch).loss
+            if not torch.isfinite(loss):
+                bar.close()
+                raise TrainingDiverged(
+                    f"training loss became {loss.item()} at optimizer step {step + 1} (epoch {epoch + 1}); "
+                    f"last good checkpoint: {last_ckpt or 'none yet'}. Lower train.lr (now {lr:g}) "
+                    "or check the data."
+                )
+            (loss * len(chunk) / len(batch_idx)).backward()
+            losses.append(loss.item())
+            step_tokens += int(batch["attention_mask"].sum())
+        if t_cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, t_cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        dt = time.perf_counter() - t0
+        wall += dt
+        tokens += step_tokens
+        step_loss = sum(losses) / len(losses)
+        history.append([step, step_loss])
+        bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{step_tokens / dt:.0f}")
+        bar.update(1)
+        if step % t_cfg.log_every == 0:
+            tracker.log(
+                {"train/loss": step_loss, "train/lr": scheduler.get_last_lr()[0], "train/tokens_per_s": step_tokens / dt,
+                 "train/epoch": step / steps_per_epoch},
+                step=step,
+            )
+        if t_cfg.save_steps and step % t_cfg.save_steps == 0 and step < total:
+            last_ckpt = save_checkpoint(
+                run_dir, model, optimizer, {"step": step, "loss_history": history, "tokens": tokens, "wall_s": wall}
+            )
+    bar.close()
+    model.eval()
+    return {
+        "steps": step,
+        "final_loss": history[-1][1] if history else None,
+        "tokens_per_s": tokens / wall if wall else None,
+        "peak_memory_mb": peak_memory_mb(dev.device),
+        "wall_s": wall,
+        "lr": lr,
+        "loss_history": history,
+    }
