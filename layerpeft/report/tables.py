@@ -21,14 +21,12 @@ class Run:
     segments: str
 
 
-def _label(run_dir: Path) -> str:
-    """The job's Hydra overrides (what distinguishes it in a sweep), else the directory name."""
-    overrides = run_dir / ".hydra" / "overrides.yaml"
-    if overrides.is_file():
-        items = yaml.safe_load(overrides.read_text()) or []
-        if items:
-            return " ".join(items)
-    return run_dir.name
+def _overrides(run_dir: Path) -> list[str]:
+    """The job's Hydra command-line overrides, unescaped (``layer_ratio=5:27``)."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    return [item.replace("\\:", ":") for item in (yaml.safe_load(path.read_text()) or [])]
 
 
 def _segments(run_dir: Path) -> str:
@@ -42,16 +40,23 @@ def _segments(run_dir: Path) -> str:
 
 
 def collect_runs(paths: list[str | Path]) -> list[Run]:
-    """Every run directory (one with metrics.json) at or below ``paths``, in path order."""
-    runs = []
+    """Every run directory (one with metrics.json) at or below ``paths``, in path order.
+
+    A run's label is what distinguishes it: the overrides it does not share with all the
+    other runs collected (in a ratio sweep, ``layer_ratio=…``), else its directory name.
+    """
+    dirs = []
     for root in map(Path, paths):
         if not root.exists():
             raise FileNotFoundError(f"{root}: no such run or sweep directory")
         found = [root] if (root / METRICS).is_file() else sorted(p.parent for p in root.rglob(METRICS))
-        for d in found:
-            if "checkpoints" in d.parts:
-                continue
-            runs.append(Run(d, _label(d), read_metrics(d), _segments(d)))
+        dirs += [d for d in found if "checkpoints" not in d.parts]
+    overrides = {d: _overrides(d) for d in dirs}
+    common = set.intersection(*(set(o) for o in overrides.values())) if len(dirs) > 1 else set()
+    runs = []
+    for d in dirs:
+        distinct = [o for o in overrides[d] if o not in common]
+        runs.append(Run(d, " ".join(distinct) or d.name, read_metrics(d), _segments(d)))
     return runs
 
 

@@ -152,6 +152,12 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
                 step=step,
             )
         if t_cfg.save_steps and step % t_cfg.save_steps == 0 and step < total:
+            if not all(torch.isfinite(p).all() for p in params):
+                bar.close()
+                raise TrainingDiverged(
+                    f"adapter parameters became non-finite by optimizer step {step}; "
+                    f"last good checkpoint: {last_ckpt or 'none yet'}. Lower train.lr (now {lr:g})."
+                )
             last_ckpt = save_checkpoint(
                 run_dir, model, optimizer, {"step": step, "loss_history": history, "tokens": tokens, "wall_s": wall}
             )

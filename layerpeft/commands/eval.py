@@ -1,0 +1,50 @@
+"""``layerpeft eval``: score a finished run (``run=DIR``) or a base model (``method=none``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from layerpeft.cli import UserError
+from layerpeft.data.tasks import load_task
+from layerpeft.eval.generate import evaluate
+from layerpeft.models.loading import load_model
+from layerpeft.peft_model import load_adapter
+from layerpeft.report.tables import accuracy_table
+from layerpeft.rundir import ADAPTER_DIR, CONFIG, METRICS, PREDICTIONS, write_json
+from layerpeft.train.loop import pick_device
+
+
+def run(cfg: DictConfig) -> dict:
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_cfg = None
+    if cfg.run is not None:
+        run_dir = Path(cfg.run)
+        if not (run_dir / CONFIG).is_file():
+            raise UserError(f"run={run_dir}: not a layerpeft run directory (no {CONFIG})")
+        run_cfg = OmegaConf.load(run_dir / CONFIG)
+    elif cfg.method.name != "none":
+        raise UserError(f"method={cfg.method.name} is untrained here: pass run=DIR of a trained run, or method=none")
+    dataset = cfg.get("dataset") or (run_cfg.dataset if run_cfg is not None else None)
+    if dataset is None:
+        raise UserError("no dataset: pass dataset=math|math_full|synthetic_math|…")
+    with open_dict(cfg):
+        cfg.dataset = dataset
+        if cfg.eval.max_new_tokens is None:
+            cfg.eval.max_new_tokens = dataset.max_new_tokens
+    task = load_task(dataset, cfg.data)
+    dev = pick_device(cfg.train)
+    model_cfg = run_cfg.model if run_cfg is not None else cfg.model
+    model, tok = load_model(model_cfg, dtype=dev.model_dtype, device=dev.device)
+    if run_cfg is not None and (Path(cfg.run) / ADAPTER_DIR).is_dir():
+        load_adapter(model, Path(cfg.run) / ADAPTER_DIR)
+    OmegaConf.save(cfg, out_dir / CONFIG, resolve=True)
+    metrics = {"model": model_cfg.name, "method": run_cfg.method.name if run_cfg is not None else "none",
+               "dataset": dataset.name, "run": cfg.run, "status": "ok"}
+    metrics.update(evaluate(model, tok, task.evals, cfg.eval, out_dir / PREDICTIONS, task.missing))
+    write_json(out_dir / METRICS, metrics)
+    print(accuracy_table([(out_dir.name, metrics)]))
+    print(f"eval directory: {out_dir}")
+    return metrics

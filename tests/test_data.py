@@ -1,0 +1,94 @@
+"""Data files, the holdout protocol, synthetic math and the prompt boundary."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import SHARED_DATA
+from layerpeft.config import compose
+from layerpeft.data.files import DataError
+from layerpeft.data.prompts import collate, prompt_text, tokenize_example
+from layerpeft.data.synthetic import synthetic_math
+from layerpeft.data.tasks import load_task
+from layerpeft.eval.answers import is_correct
+from layerpeft.models.tiny import byte_tokenizer
+
+EXE = str(Path(sys.executable).with_name("layerpeft"))
+needs_data = pytest.mark.skipif(not (SHARED_DATA / "math").is_dir(), reason="../shared/data not present")
+HOLDOUT = {"SVAMP": 200, "AQuA": 51, "AddSub": 79, "MultiArith": 109, "SingleEq": 102, "GSM8K": 264}
+
+
+@needs_data
+def test_math_holdout_and_train_subsets():
+    cfg = compose("train", ["dataset=math", f"data.dir={SHARED_DATA}", "data.train_size=1000"])
+    task = load_task(cfg.dataset, cfg.data)
+    assert {k: len(v) for k, v in task.evals.items()} == HOLDOUT
+    assert len(task.train) == 1000
+    again = load_task(cfg.dataset, cfg.data)
+    assert [e["instruction"] for e in again.train] == [e["instruction"] for e in task.train]  # seed 42
+    full = load_task(compose("train", ["dataset=math_full", f"data.dir={SHARED_DATA}"]).dataset, cfg.data)
+    assert len(full.evals["GSM8K"]) == 1319 and len(full.evals["SVAMP"]) == 1000
+
+
+@needs_data
+def test_eval_cli_reports_holdout_sizes(tmp_path):
+    p = subprocess.run(
+        [EXE, "eval", "model=tiny", "method=none", "dataset=math", f"data.dir={SHARED_DATA}",
+         "eval.max_new_tokens=1", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {k: v["n"] for k, v in metrics["datasets"].items()} == HOLDOUT
+    assert sum(1 for _ in open(tmp_path / "predictions.jsonl")) == sum(HOLDOUT.values())
+
+
+def test_missing_and_malformed_files_name_the_file(tmp_path):
+    ds = {"name": "x", "source": "files", "train": "train.json", "eval_sets": {"t": "test.json"}}
+    with pytest.raises(DataError, match=r"train\.json: file not found"):
+        load_task(ds, {"dir": str(tmp_path)})
+    (tmp_path / "train.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"train\.json: not valid JSON"):
+        load_task(ds, {"dir": str(tmp_path)})
+    (tmp_path / "train.json").write_text(json.dumps([{"instruction": "q", "output": "a"}]))
+    (tmp_path / "test.json").write_text(json.dumps([{"instruction": "q", "output": "a"}]))
+    with pytest.raises(DataError, match=r"test\.json: item 0 lacks string field\(s\) answer"):
+        load_task(ds, {"dir": str(tmp_path)})
+
+
+def test_train_cli_fails_cleanly_on_missing_data(tmp_path):
+    p = subprocess.run(
+        [EXE, "train", "model=tiny", "dataset=math", f"data.dir={tmp_path}", "logger=none",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert p.returncode == 2
+    assert "math_data.json: file not found" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_synthetic_math_is_deterministic_and_self_consistent():
+    a, b = synthetic_math(50, seed=3), synthetic_math(50, seed=3)
+    assert a == b and a != synthetic_math(50, seed=4)
+    assert all(is_correct("synthetic", ex["output"], ex["answer"]) for ex in a)
+    assert all(ex["output"].rstrip().endswith(f"The answer is {int(float(ex['answer']))}.") for ex in a)
+
+
+def test_prompt_boundary_matches_generation_prompt():
+    tok = byte_tokenizer()
+    ex = {"instruction": "Add 2 and 3.", "input": "", "output": "\nThe answer is 5."}
+    item = tokenize_example(tok, ex, cutoff=256, train_on_inputs=False)
+    prompt_ids = tok(prompt_text(ex["instruction"]))["input_ids"]
+    assert item["input_ids"][: item["prompt_len"]] == prompt_ids
+    assert item["input_ids"][-1] == tok.eos_token_id
+    assert item["labels"][: item["prompt_len"]] == [-100] * item["prompt_len"]
+    with_inputs = tokenize_example(tok, ex, cutoff=256, train_on_inputs=True)
+    assert with_inputs["labels"] == with_inputs["input_ids"]
+    batch = collate([item, tokenize_example(tok, {**ex, "output": "x"}, 256, False)], tok.pad_token_id)
+    assert batch["prompt_mask"].sum(1).tolist() == [item["prompt_len"]] * 2
+    assert tokenize_example(tok, ex, cutoff=10, train_on_inputs=True)["input_ids"] == prompt_ids[:10]
+    assert "### Input:\nctx" in prompt_text("q", "ctx")

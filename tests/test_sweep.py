@@ -1,0 +1,61 @@
+"""Multirun sweeps: every job runs even if one fails; `layerpeft report` tabulates them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXE = str(Path(sys.executable).with_name("layerpeft"))
+RATIOS = "5:27,8:24,11:21,16:16,21:11,24:8,27:5"
+COMMON = ["model=tiny", "method=hlpt", "dataset=synthetic_math", "logger=none", "train.max_steps=2",
+          "eval.limit=4", "eval.max_new_tokens=4"]
+
+
+def test_ratio_sweep_and_report(tmp_path):
+    sweep = tmp_path / "sweep"
+    # 3:4:1 does not fit HLPT's two slots: that job fails, the others still run.
+    p = subprocess.run([EXE, "train", "-m", *COMMON, f"layer_ratio={RATIOS},3:4:1", f"hydra.sweep.dir={sweep}"],
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "7 of 8 jobs succeeded" in p.stdout
+    assert "FAILED layer_ratio=3:4:1: PlanError: layer_ratio '3:4:1' has 3 segments" in p.stdout
+    metrics = [json.loads(m.read_text()) for m in sorted(sweep.glob("*/metrics.json"))]
+    assert len(metrics) == 8
+
+    out = tmp_path / "report"
+    r = subprocess.run([EXE, "report", str(sweep), "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(out / "report.csv")))
+    by_label = {row["run"]: row for row in rows}
+    # 4 tiny layers: 5:27, 8:24, 11:21 → 1:3; 16:16 → 2:2; 21:11, 24:8, 27:5 → 3:1
+    expected = {"5:27": "1:3", "8:24": "1:3", "11:21": "1:3", "16:16": "2:2", "21:11": "3:1", "24:8": "3:1", "27:5": "3:1"}
+    for ratio, layers in expected.items():
+        row = by_label[f"layer_ratio={ratio}"]
+        assert row["layers"] == layers and row["status"] == "ok"
+        assert float(row["synthetic"]) >= 0 and int(row["trainable params"]) > 0
+    assert by_label["layer_ratio=3:4:1"]["status"].startswith("failed: PlanError")
+    assert "| layer_ratio=16:16 | hlpt | 2:2 |" in (out / "report.md").read_text()
+    assert (sweep / "report.md").is_file()  # the sweep's own summary table
+
+
+def test_submitit_local_launcher_runs_the_same_sweep(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    p = subprocess.run([EXE, "train", "-m", *COMMON, "layer_ratio=5:27,27:5", "hydra/launcher=submitit_local",
+                        "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep}"],
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    statuses = [json.loads(m.read_text())["status"] for m in sorted(sweep.glob("*/metrics.json"))]
+    assert statuses == ["ok", "ok"]
+
+
+def test_slurm_launcher_config_composes():
+    from layerpeft.config import compose
+
+    cfg = compose("train", ["hydra/launcher=slurm"])
+    assert cfg is not None

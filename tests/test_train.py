@@ -1,0 +1,132 @@
+"""`layerpeft train` end to end on the tiny model: run dir, resume, NaN, peft export, W&B."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from layerpeft.rundir import load_run
+
+EXE = str(Path(sys.executable).with_name("layerpeft"))
+TINY = ["model=tiny", "dataset=synthetic_math", "logger=none", "eval.limit=8", "eval.max_new_tokens=16"]
+
+
+def train_cli(run_dir: Path, *args: str, check: bool = True, wait: bool = True):
+    cmd = [EXE, "train", *TINY, f"hydra.run.dir={run_dir}", *args]
+    if not wait:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if check:
+        assert p.returncode == 0, p.stderr[-3000:]
+    return p
+
+
+def test_run_directory_contents(tmp_path):
+    run = tmp_path / "run"
+    p = train_cli(run, "method=hlpt", "train.max_steps=3")
+    assert "| run | method | synthetic | Avg. |" in p.stdout  # the accuracy table ends the run
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and metrics["datasets"]["synthetic"]["n"] == 8
+    assert set(metrics["train"]) >= {"steps", "final_loss", "tokens_per_s", "peak_memory_mb", "trainable_params", "wall_s"}
+    assert metrics["train"]["steps"] == 3 and metrics["train"]["lr"] == 3e-3
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["layers"] == [["lora_ffn"]] * 3 + [["prefix"]]
+    assert sum(plan["layer_params"]) == metrics["trainable_params"]
+    assert (run / "config.yaml").is_file() and (run / "adapter" / "adapter.safetensors").is_file()
+    assert len((run / "predictions.jsonl").read_text().splitlines()) == 8
+    assert not [p for p in run.rglob("*") if p.suffix in (".bin", ".pt", ".pkl", ".pth")]
+    # load_run gives back the trained model
+    model, tok = load_run(run)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    assert model(input_ids=ids).logits.shape == (1, 4, 259)
+    assert sum(p.numel() for p in model.layerpeft.parameters()) == metrics["trainable_params"]
+
+
+def test_kill_after_first_checkpoint_then_resume_matches_uninterrupted(tmp_path):
+    args = ["method=hlpt", "train.max_steps=40", "train.save_steps=4", "eval.enabled=false",
+            "train.batch_size=8", "train.micro_batch_size=4"]
+    full = tmp_path / "full"
+    train_cli(full, *args)
+    killed = tmp_path / "killed"
+    proc = train_cli(killed, *args, wait=False)
+    deadline = time.time() + 300
+    while not list((killed / "checkpoints").glob("step_*/state.json")):
+        assert proc.poll() is None, "run ended before its first checkpoint"
+        assert time.time() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "metrics.json").exists()
+    train_cli(killed, *args, "train.resume=true")
+    a = json.loads((full / "metrics.json").read_text())["train"]
+    b = json.loads((killed / "metrics.json").read_text())["train"]
+    assert b["steps"] == a["steps"] == 40
+    assert b["final_loss"] == pytest.approx(a["final_loss"], rel=1e-6)
+    wa = load_file(full / "adapter" / "adapter.safetensors")
+    wb = load_file(killed / "adapter" / "adapter.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], atol=1e-6, rtol=1e-5)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
+    """A parameter turned NaN after step 3 (through the tracker hook) makes step 4's loss NaN."""
+    from layerpeft.commands.plan import plan_for
+    from layerpeft.config import compose
+    from layerpeft.data.synthetic import synthetic_math
+    from layerpeft.models.loading import load_model
+    from layerpeft.peft_model import apply_plan
+    from layerpeft.tracking import Tracker
+    from layerpeft.train.loop import TrainingDiverged, pick_device, train
+
+    cfg = compose("train", [*TINY, "method=lora", "train.max_steps=10", "train.save_steps=2"])
+    model, tok = load_model(cfg.model)
+    adapters = apply_plan(model, plan_for(cfg))
+
+    class Poison(Tracker):
+        def log(self, values, step=None):
+            if step == 3:
+                with torch.no_grad():
+                    next(adapters.parameters()).fill_(float("nan"))
+
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at optimizer step 4.*last good checkpoint: .*step_000002"):
+        train(model, tok, synthetic_math(64, 0), cfg, tmp_path, pick_device(cfg.train), Poison())
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
+    assert kept == ["step_000002"]
+
+
+def test_lora_run_loads_in_hf_peft(tmp_path):
+    peft = pytest.importorskip("peft")
+    run = tmp_path / "run"
+    train_cli(run, "method=lora", "train.max_steps=3", "train.lr=1e-2", "train.warmup_steps=0")
+    model, _ = load_run(run)
+    from layerpeft.models.loading import load_model
+    from layerpeft.config import compose
+
+    base, _ = load_model(compose("train", ["model=tiny"]).model)
+    pm = peft.PeftModel.from_pretrained(base, run / "adapter" / "peft").eval()
+    ids = torch.randint(3, 259, (2, 12))
+    with torch.no_grad():
+        ours, theirs = model(input_ids=ids).logits, pm(input_ids=ids).logits
+    assert not torch.allclose(ours, load_model(compose("train", ["model=tiny"]).model)[0](input_ids=ids).logits)
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
+
+
+def test_wandb_logs_offline_without_credentials(tmp_path):
+    run = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["HOME"] = str(tmp_path)  # no ~/.netrc login
+    cmd = [EXE, "train", "model=tiny", "dataset=synthetic_math", "logger=wandb", "method=lora",
+           "train.max_steps=2", "eval.limit=4", "eval.max_new_tokens=4", f"hydra.run.dir={run}"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert offline and list(offline[0].glob("*.wandb"))
