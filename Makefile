@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 # torch is installed first, pinned: on the CPU dev/CI machines 2.13.0 is a local CPU wheel,
 # on a GPU box the same pin takes PyPI's CUDA build. An unpinned torch would pull CUDA here.
 TORCH ?= torch==2.13.0
+RUN_PRECISION ?= bf16
 
 .PHONY: install test test-fast run clean
 
@@ -22,6 +23,12 @@ install: $(STAMP)
 
 test: install
 	$(PY) -m pytest -q
+
+# The README's main command: HLPT on the embedded SmolLM2-135M, synthetic math, CPU (bf16
+# autocast where the CPU supports it), ending with the accuracy table.
+run: install
+	$(VENV)/bin/layerpeft train model=smollm2_135m method=hlpt dataset=synthetic_math \
+		train.precision=$(RUN_PRECISION) train.warmup_steps=20 logger=none
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"

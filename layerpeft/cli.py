@@ -17,12 +17,13 @@ from layerpeft.plan import PlanError
 from layerpeft.train.loop import TrainingDiverged
 
 HYDRA_COMMANDS = ("train", "eval", "plan")
-USAGE = """usage: layerpeft {train,eval,plan,report} [args...]
+USAGE = """usage: layerpeft {train,eval,plan,report,prepare-data} [args...]
 
   train   train (and evaluate) a PEFT method:   layerpeft train method=hlpt model=llama7b
   eval    zero-shot evaluation of a run or a base model
   plan    show a layer plan and its parameter counts (no weights needed)
   report  tables from run or sweep directories:  layerpeft report outputs/multirun/...
+  prepare-data  fill data/ with the benchmark files:  layerpeft prepare-data [--from ../shared/data]
 """
 
 
@@ -57,6 +58,10 @@ def main(argv: list[str] | None = None) -> None:
         from layerpeft.commands.report import main as report_main
 
         sys.exit(report_main(rest))
+    elif command == "prepare-data":
+        from layerpeft.data.prepare import main as prepare_main
+
+        sys.exit(prepare_main(rest))
     else:
         print(f"layerpeft: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)

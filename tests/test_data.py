@@ -92,3 +92,14 @@ def test_prompt_boundary_matches_generation_prompt():
     assert batch["prompt_mask"].sum(1).tolist() == [item["prompt_len"]] * 2
     assert tokenize_example(tok, ex, cutoff=10, train_on_inputs=True)["input_ids"] == prompt_ids[:10]
     assert "### Input:\nctx" in prompt_text("q", "ctx")
+
+
+@needs_data
+def test_prepare_data_from_a_local_copy(tmp_path):
+    p = subprocess.run([EXE, "prepare-data", "--from", str(SHARED_DATA), "--to", str(tmp_path / "data")],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert (tmp_path / "data" / "math" / "math_data.json").read_bytes() == (SHARED_DATA / "math" / "math_data.json").read_bytes()
+    assert "unavailable: commonsense/hellaswag_test.json" in p.stdout  # not in the shared copy
+    cfg = compose("train", ["dataset=math", f"data.dir={tmp_path / 'data'}"])
+    assert {k: len(v) for k, v in load_task(cfg.dataset, cfg.data).evals.items()} == HOLDOUT

@@ -1,0 +1,138 @@
+"""Benchmarks (speed and memory are measured here, never in tests). Last line: one JSON object.
+
+    python scripts/bench.py train --model smollm2_135m --method lora --baseline peft
+        layerpeft's LoRA vs HF peft's, same LoRA config, batch, sequence length, optimizer and
+        dtype; the two alternate in separate processes (so neither inherits the other's
+        allocator state or peak RSS) and the median of the repeats is reported.
+    python scripts/bench.py eval --model smollm2_135m --n 8 --max-new-tokens 32
+        layerpeft's evaluation (batched, left-padded, greedy, KV cache) vs the LLM-Adapters
+        protocol (one prompt at a time, 4 beams, no KV cache) on the same prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def _load(model_name: str):
+    from layerpeft.config import compose
+    from layerpeft.models.loading import load_model
+
+    cfg = compose("train", [f"model={model_name}"])
+    return cfg, *load_model(cfg.model)
+
+
+def train_worker(args) -> dict:
+    """One measurement in this process: warm-up step, then timed optimizer steps."""
+    torch.manual_seed(0)
+    cfg, model, _ = _load(args.model)
+    if args.impl == "ours":
+        from layerpeft import apply_plan, build_plan
+        from layerpeft.config import compose
+
+        method = compose("train", [f"method={args.method}"]).method
+        apply_plan(model, build_plan(method, model.config.num_hidden_layers))
+    else:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
+                                                 target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=3e-4)
+    ids = torch.randint(10, model.config.vocab_size, (args.batch, args.seq_len))
+    autocast = args.dtype == "bf16"
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    dt = time.perf_counter() - t0
+    return {"tokens_per_s": args.steps * ids.numel() / dt,
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "trainable": sum(p.numel() for p in params)}
+
+
+def bench_train(args) -> dict:
+    results: dict[str, list[dict]] = {"ours": [], args.baseline: []}
+    for _ in range(args.repeats):
+        for impl in ("ours", args.baseline):
+            cmd = [sys.executable, __file__, "_train_worker", "--impl", impl, "--model", args.model,
+                   "--method", args.method, "--steps", str(args.steps), "--batch", str(args.batch),
+                   "--seq-len", str(args.seq_len), "--dtype", args.dtype]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            results[impl].append(json.loads(out.strip().splitlines()[-1]))
+    med = {k: {m: statistics.median(r[m] for r in v) for m in ("tokens_per_s", "peak_mb")} for k, v in results.items()}
+    ours, base = med["ours"], med[args.baseline]
+    return {"bench": "train", "model": args.model, "method": args.method, "baseline": args.baseline,
+            "batch": args.batch, "seq_len": args.seq_len, "steps": args.steps, "dtype": args.dtype,
+            "repeats": args.repeats, "trainable_ours": results["ours"][0]["trainable"],
+            "trainable_baseline": results[args.baseline][0]["trainable"],
+            "ours_tokens_per_s": ours["tokens_per_s"], "baseline_tokens_per_s": base["tokens_per_s"],
+            "ratio": ours["tokens_per_s"] / base["tokens_per_s"],
+            "ours_peak_mb": ours["peak_mb"], "baseline_peak_mb": base["peak_mb"],
+            "mem_ratio": ours["peak_mb"] / base["peak_mb"]}
+
+
+def bench_eval(args) -> dict:
+    from layerpeft.data.prompts import prompt_text
+    from layerpeft.data.synthetic import synthetic_math
+    from layerpeft.eval.generate import generate
+
+    _, model, tok = _load(args.model)
+    prompts = [prompt_text(ex["instruction"]) for ex in synthetic_math(args.n, seed=7)]
+    t0 = time.perf_counter()
+    generate(model, tok, prompts, batch_size=args.batch, max_new_tokens=args.max_new_tokens)
+    ours = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for p in prompts:  # LLM-Adapters' evaluate.py: batch 1, 4 beams, no KV cache
+            enc = tok(p, return_tensors="pt")
+            model.generate(**enc, num_beams=4, max_new_tokens=args.max_new_tokens, use_cache=False,
+                           do_sample=False, pad_token_id=tok.pad_token_id)
+    ref = time.perf_counter() - t0
+    return {"bench": "eval", "model": args.model, "n": args.n, "max_new_tokens": args.max_new_tokens,
+            "batch": args.batch, "ours_s": ours, "reference_s": ref, "speedup": ref / ours}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="name", required=True)
+    for name in ("train", "_train_worker"):
+        p = sub.add_parser(name)
+        p.add_argument("--model", default="smollm2_135m")
+        p.add_argument("--method", default="lora")
+        p.add_argument("--baseline", default="peft", choices=["peft"])
+        p.add_argument("--impl", default="ours", choices=["ours", "peft"])
+        p.add_argument("--steps", type=int, default=5)
+        p.add_argument("--batch", type=int, default=4)
+        p.add_argument("--seq-len", type=int, default=128)
+        p.add_argument("--repeats", type=int, default=2)
+        p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p = sub.add_parser("eval")
+    p.add_argument("--model", default="smollm2_135m")
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--batch", type=int, default=16)
+    args = ap.parse_args()
+    fn = {"train": bench_train, "_train_worker": train_worker, "eval": bench_eval}[args.name]
+    print(json.dumps(fn(args)))
+
+
+if __name__ == "__main__":
+    main()
