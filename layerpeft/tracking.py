@@ -29,7 +29,7 @@ class Tracker:
 
     def log(self, values: dict[str, Any], step: int | None = None) -> None: ...
 
-    def log_eval(self, metrics: dict[str, Any], predictions: list[dict[str, Any]]) -> None: ...
+    def log_eval(self, metrics: dict[str, Any]) -> None: ...
 
     def finish(self, failed: bool = False) -> None: ...
 
@@ -58,7 +58,7 @@ class WandbTracker(Tracker):
     def log(self, values, step=None):
         self.run.log(values, step=step)
 
-    def log_eval(self, metrics, predictions):
+    def log_eval(self, metrics):
         table = self.wandb.Table(columns=["dataset", "n", "correct", "accuracy"])
         for name, m in metrics["datasets"].items():
             table.add_data(name, m["n"], m["correct"], m["accuracy"])

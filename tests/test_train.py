@@ -44,6 +44,13 @@ def test_run_directory_contents(tmp_path):
     assert (run / "config.yaml").is_file() and (run / "adapter" / "adapter.safetensors").is_file()
     assert len((run / "predictions.jsonl").read_text().splitlines()) == 8
     assert not [p for p in run.rglob("*") if p.suffix in (".bin", ".pt", ".pkl", ".pth")]
+    # `layerpeft eval run=…` scores the finished run exactly as training's own evaluation did
+    ev = tmp_path / "eval"
+    e = subprocess.run([EXE, "eval", f"run={run}", "eval.limit=8", "eval.max_new_tokens=16", f"hydra.run.dir={ev}"],
+                       capture_output=True, text=True, timeout=300)
+    assert e.returncode == 0, e.stderr[-3000:]
+    assert json.loads((ev / "metrics.json").read_text())["datasets"] == metrics["datasets"]
+    assert (ev / "predictions.jsonl").read_text() == (run / "predictions.jsonl").read_text()
     # load_run gives back the trained model
     model, tok = load_run(run)
     ids = torch.tensor([[5, 6, 7, 8]])

@@ -56,7 +56,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
                 export_peft_lora(model, run_dir / ADAPTER_DIR / "peft", cfg.model.get("hub_id") or cfg.model.name)
         if cfg.eval.enabled:
             metrics.update(evaluate(model, tok, task.evals, cfg.eval, run_dir / PREDICTIONS, task.missing))
-            tracker.log_eval(metrics, [])
+            tracker.log_eval(metrics)
         metrics["status"] = "ok"
         metrics["wall_s"] = time.perf_counter() - t0
         write_json(run_dir / METRICS, metrics)
