@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from layerpeft.rundir import load_run
+from layerpeft import load_run
 
 EXE = str(Path(sys.executable).with_name("layerpeft"))
 TINY = ["model=tiny", "dataset=synthetic_math", "logger=none", "eval.limit=8", "eval.max_new_tokens=16"]

@@ -10,6 +10,12 @@ it and tests disable modules with it.
 Modules that depend on the prompt (the prefix gate, PARA's vector generator) read the
 shared ``ForwardContext``; per-sequence state computed from the prompt is kept across
 cached decoding steps, and beam reordering never changes it (all beams of one prompt share it).
+``ForwardContext.last_prompt_index`` is where per-layer vector generators (PARA) read.
+
+Cross-layer structure (Tied-LoRA, not built yet) is meant to fit the same contract: a tied
+tensor is created once at the model level and each layer's module refers to it without
+registering it as its own parameter, so it has one gradient, one optimizer state and one
+entry in the saved adapter.
 """
 
 from __future__ import annotations
