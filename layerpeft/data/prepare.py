@@ -1,0 +1,63 @@
+"""``layerpeft prepare-data``: fill a data directory with the LLM-Adapters benchmark files.
+
+From a local copy (``--from ../shared/data``) or, on a machine with internet, from the public
+LLM-Adapters repository at a pinned commit. Every file is checked to be LLM-Adapters JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import urllib.request
+from pathlib import Path
+
+from layerpeft.data.files import DataError, read_examples
+
+REPO_RAW = "https://raw.githubusercontent.com/AGI-Edgerunners/LLM-Adapters/816657208af4db747803f87ba40a4c71383fed7a"
+MATH_TESTS = ["AQuA", "AddSub", "MultiArith", "SVAMP", "SingleEq", "gsm8k", "mawps", "mathqa"]
+COMMONSENSE = ["ARC-Challenge", "ARC-Easy", "boolq", "openbookqa", "piqa", "social_i_qa", "winogrande", "hellaswag"]
+
+# local name (under the data dir) → path in the LLM-Adapters repository
+FILES = {"math/math_data.json": "ft-training_set/math_data.json"}
+FILES.update({f"math/{t}_test.json": f"dataset/{t}/test.json" for t in MATH_TESTS})
+FILES.update({f"commonsense/{t}_{s}.json": f"dataset/{t}/{s}.json" for t in COMMONSENSE for s in ("train", "test")})
+
+
+def prepare(dest: Path, source: Path | None) -> tuple[list[str], list[str]]:
+    """Copy or download every known file; returns (prepared, unavailable)."""
+    done, missing = [], []
+    for local, remote in FILES.items():
+        target = dest / local
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source is not None:
+            src = source / local
+            if not src.is_file():
+                missing.append(f"{local} (not in {source})")
+                continue
+            shutil.copyfile(src, target)
+        else:
+            try:
+                urllib.request.urlretrieve(f"{REPO_RAW}/{remote}", target)
+            except OSError as e:
+                missing.append(f"{local} ({e})")
+                continue
+        read_examples(target, need_answer=local.endswith("_test.json"))
+        done.append(local)
+    return done, missing
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="layerpeft prepare-data", description=__doc__)
+    ap.add_argument("--to", type=Path, default=Path("data"), help="data directory to fill (default: data/)")
+    ap.add_argument("--from", dest="source", type=Path, default=None,
+                    help="local copy to read from instead of downloading (e.g. ../shared/data)")
+    args = ap.parse_args(argv)
+    try:
+        done, missing = prepare(args.to, args.source)
+    except DataError as e:
+        print(f"layerpeft prepare-data: error: {e}")
+        return 2
+    print(f"prepared {len(done)} files in {args.to}")
+    for m in missing:
+        print(f"  unavailable: {m}")
+    return 0 if done else 2

@@ -1,0 +1,69 @@
+"""A task = training examples + named evaluation sets, from ``conf/dataset/*.yaml``.
+
+``source: files`` reads LLM-Adapters files from the data directory; with ``holdout: true``
+every test set loses the questions whose instruction also occurs in the training file (the
+HLPT paper's protocol: SVAMP 200, AQuA 51, AddSub 79, MultiArith 109, SingleEq 102, GSM8K
+264). ``source: synthetic`` generates the examples in code. Optional evaluation sets whose
+file is absent are reported as missing instead of failing the run.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from layerpeft.data.files import DataError, data_dir, read_examples
+from layerpeft.data.synthetic import synthetic_math
+
+SOURCES = ("files", "synthetic")
+
+
+@dataclass
+class Task:
+    name: str
+    train: list[dict[str, Any]]
+    evals: dict[str, list[dict[str, Any]]]
+    missing: dict[str, str] = field(default_factory=dict)  # eval set → why it is absent
+
+
+def _plain(cfg: Any) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+def subsample(examples: list, size: int | None, seed: int) -> list:
+    """``size`` examples drawn without replacement with ``seed`` (all when None)."""
+    if size is None or size >= len(examples):
+        return list(examples)
+    if size <= 0:
+        raise DataError(f"data.train_size={size} must be positive")
+    return random.Random(seed).sample(examples, size)
+
+
+def load_task(dataset_cfg: Any, data_cfg: Any) -> Task:
+    d, data = _plain(dataset_cfg), _plain(data_cfg)
+    source = d.get("source")
+    if source not in SOURCES:
+        raise DataError(f"dataset {d.get('name')!r}: source {source!r} is not one of {', '.join(SOURCES)}")
+    if source == "synthetic":
+        s = d["synthetic"]
+        every = synthetic_math(s["n_train"] + s["n_eval"], s["seed"])
+        train, evals, missing = every[: s["n_train"]], {"synthetic": every[s["n_train"] :]}, {}
+    else:
+        root = data_dir(data.get("dir"))
+        train = read_examples(root / d["train"]) if d.get("train") else []
+        seen = {ex["instruction"].strip() for ex in train}
+        evals, missing = {}, {}
+        for name, rel in d["eval_sets"].items():
+            path = root / rel
+            if not path.is_file() and name in (d.get("optional") or []):
+                missing[name] = f"{path} not found"
+                continue
+            items = read_examples(path, need_answer=True)
+            if d.get("holdout"):
+                items = [ex for ex in items if ex["instruction"].strip() not in seen]
+            evals[name] = items
+    train = subsample(train, data.get("train_size"), int(data.get("seed", 42)))
+    return Task(name=d["name"], train=train, evals=evals, missing=missing)
