@@ -36,13 +36,22 @@ class AdapterSet(nn.Module):
         self.plan = plan
         self.ctx = ForwardContext()
         self.layers = nn.ModuleDict()
+        # Tensors tied across the layers of one kind (Tied-LoRA): built once, held here.
+        self.shared = nn.ModuleDict()
         with torch.device(device or "cpu"):
+            for k in plan.kinds:
+                make = getattr(MODULE_KINDS[k], "make_shared", None)
+                tied = make(dims, plan.options[k]) if make else None
+                if tied is not None:
+                    self.shared[k] = tied
             for i, kinds in enumerate(plan.layers):
                 if kinds:
-                    self.layers[str(i)] = nn.ModuleDict(
-                        {k: MODULE_KINDS[k](i, dims, family, self.ctx, **plan.options[k]) for k in kinds}
-                    )
+                    self.layers[str(i)] = nn.ModuleDict({k: self._build(k, i, dims, family) for k in kinds})
         self._handles: list = []
+
+    def _build(self, kind: str, index: int, dims: Dims, family) -> AdapterModule:
+        extra = {"shared": self.shared[kind]} if kind in self.shared else {}
+        return MODULE_KINDS[kind](index, dims, family, self.ctx, **extra, **self.plan.options[kind])
 
     def adapter_modules(self) -> Iterator[AdapterModule]:
         for layer in self.layers.values():
@@ -60,6 +69,22 @@ class AdapterSet(nn.Module):
         for m in self.adapter_modules():
             if layers is None or m.layer_idx in layers:
                 m.response_scale = float(scale)
+
+    def shared_params(self) -> int:
+        return sum(p.numel() for p in self.shared.parameters())
+
+    def merge(self) -> None:
+        """Fold mergeable modules into the base weights (inference without hook overhead)."""
+        for m in self.adapter_modules():
+            if not hasattr(m, "merge"):
+                raise ValueError(f"module {m.kind!r} (layer {m.layer_idx}) cannot be merged into the base weights")
+        for m in self.adapter_modules():
+            m.merge()
+
+    def unmerge(self) -> None:
+        for m in self.adapter_modules():
+            if hasattr(m, "unmerge"):
+                m.unmerge()
 
     def fold(self) -> None:
         """Fold training-time reparametrisations (prefix MLP) into plain parameters."""

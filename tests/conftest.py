@@ -27,6 +27,13 @@ METHOD_CASES = {
     "hlpt_attn": ["method=hlpt", "method.bottom=lora_attn"],
     # 3:4:1 leaves no layer for the prefix on 4 layers: give the counts explicitly.
     "h2lpt": ["+layer_ratio.parts=[1,2,1]"],
+    "para": [],
+    "tied_lora": [],  # preset tied_ab_uv
+    "tied_lora_lora": ["method=tied_lora", "method.preset=lora"],
+    "tied_lora_tied_ab": ["method=tied_lora", "method.preset=tied_ab"],
+    "tied_lora_tied_b_u": ["method=tied_lora", "method.preset=tied_b_u"],
+    "tied_lora_tied_a_uv": ["method=tied_lora", "method.preset=tied_a_uv"],
+    "tied_lora_vera": ["method=tied_lora", "method.preset=vera"],
 }
 TINY_MODELS = ["tiny", "tiny_gptj"]
 

@@ -40,9 +40,8 @@ def prompt_mask(batch=2, length=T, prompt=PROMPT):
 @pytest.mark.parametrize("model_name,case", CASES)
 def test_zero_init_leaves_logits_unchanged(model_name, case):
     _, model, adapters, ids, base = build(model_name, case)
-    kinds = {type(m) for m in adapters.adapter_modules()}
-    if not all(k.zero_init for k in kinds):
-        pytest.skip("prefix tokens are random at init (not an identity method)")
+    if not all(m.zero_init for m in adapters.adapter_modules()):
+        pytest.skip("not an identity method at init (random prefix tokens or random A, B with u = v = 1)")
     with torch.no_grad():
         out = model(input_ids=ids).logits
     assert torch.allclose(out, base, atol=1e-6, rtol=0)

@@ -36,18 +36,36 @@ def plan_summary(cfg: DictConfig) -> dict[str, Any]:
         "method": plan.method,
         "segments": plan.to_dict()["segments"],
         "trainable_params": trainable,
+        "shared_params": adapters.shared_params(),
         "total_params": total,
         "trainable_pct": 100.0 * trainable / total,
         "layers": plan.layers,
         "layer_params": [adapters.layer_params(i) for i in range(plan.num_layers)],
         "options": OmegaConf.to_container(OmegaConf.create(plan.options)),
+        "notes": param_notes(plan, Dims.from_config(model.config)),
     }
+
+
+def param_notes(plan: LayerPlan, dims: Dims) -> list[str]:
+    """Kind-specific remarks on how parameters are counted (e.g. PARA's bias)."""
+    from layerpeft.methods import MODULE_KINDS
+
+    notes = []
+    for kind in plan.kinds:
+        note = getattr(MODULE_KINDS[kind], "param_note", None)
+        if note is not None:
+            layers = sum(s.size for s in plan.segments if s.module == kind)
+            notes.append(note(dims, plan.options[kind], layers))
+    return notes
 
 
 def format_table(summary: dict[str, Any]) -> str:
     rows = [f"{'layer':>5}  {'modules':<24} {'trainable':>12}"]
     for i, (mods, n) in enumerate(zip(summary["layers"], summary["layer_params"])):
         rows.append(f"{i:>5}  {', '.join(mods) or '-':<24} {n:>12,}")
+    if summary["shared_params"]:
+        rows.append(f"{'tied':>5}  {'shared across layers':<24} {summary['shared_params']:>12,}")
+    rows.extend(summary["notes"])
     rows.append(
         f"model {summary['model']}, method {summary['method']}: "
         f"{summary['trainable_params']:,} trainable of {summary['total_params']:,} "

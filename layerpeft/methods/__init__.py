@@ -4,10 +4,12 @@ from layerpeft.methods.adapters import ParallelAdapter, SeriesAdapter
 from layerpeft.methods.base import AdapterModule, ForwardContext
 from layerpeft.methods.ia3 import IA3
 from layerpeft.methods.lora import LoRA, LoRAAttn, LoRAFFN
+from layerpeft.methods.para import PARA
 from layerpeft.methods.prefix import Prefix
+from layerpeft.methods.tied_lora import TiedLoRA
 
 MODULE_KINDS: dict[str, type[AdapterModule]] = {
-    cls.kind: cls for cls in (LoRA, LoRAFFN, LoRAAttn, Prefix, ParallelAdapter, SeriesAdapter, IA3)
+    cls.kind: cls for cls in (LoRA, LoRAFFN, LoRAAttn, Prefix, ParallelAdapter, SeriesAdapter, IA3, TiedLoRA, PARA)
 }
 
 __all__ = ["MODULE_KINDS", "AdapterModule", "ForwardContext"]

@@ -62,6 +62,17 @@ def pick_device(train_cfg) -> Device:
     return Device(dev, torch.bfloat16 if bf16 else None)
 
 
+#: LLM-Adapters' values, used when neither train.* nor the method's recipe sets them.
+RECIPE_DEFAULTS = {"warmup_steps": 100, "weight_decay": 0.0, "schedule": "linear"}
+
+
+def recipe(cfg, key: str):
+    """``train.<key>`` if set, else the method's ``train.<key>`` (its paper's recipe), else the default."""
+    if cfg.train.get(key) is not None:
+        return cfg.train[key]
+    return (cfg.method.get("train") or {}).get(key, RECIPE_DEFAULTS[key])
+
+
 def resolve_lr(cfg) -> float:
     if cfg.train.lr is not None:
         return float(cfg.train.lr)
@@ -89,10 +100,11 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
     total = int(t_cfg.max_steps) if t_cfg.max_steps else int(t_cfg.epochs) * steps_per_epoch
     params = [p for p in model.parameters() if p.requires_grad]
     lr = resolve_lr(cfg)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=t_cfg.weight_decay)
-    if t_cfg.schedule not in SCHEDULES:
-        raise ValueError(f"train.schedule={t_cfg.schedule!r} is not one of {', '.join(SCHEDULES)}")
-    scheduler = SCHEDULES[t_cfg.schedule](optimizer, t_cfg.warmup_steps, total)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=float(recipe(cfg, "weight_decay")))
+    schedule = recipe(cfg, "schedule")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"train.schedule={schedule!r} is not one of {', '.join(SCHEDULES)}")
+    scheduler = SCHEDULES[schedule](optimizer, int(recipe(cfg, "warmup_steps")), total)
 
     step, history, tokens, wall = 0, [], 0, 0.0
     resume_from = latest_checkpoint(run_dir) if t_cfg.resume else None
@@ -170,5 +182,8 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
         "peak_memory_mb": peak_memory_mb(dev.device),
         "wall_s": wall,
         "lr": lr,
+        "schedule": schedule,
+        "weight_decay": float(recipe(cfg, "weight_decay")),
+        "warmup_steps": int(recipe(cfg, "warmup_steps")),
         "loss_history": history,
     }
