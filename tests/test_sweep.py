@@ -59,3 +59,22 @@ def test_slurm_launcher_config_composes():
 
     cfg = compose("train", ["hydra/launcher=slurm"])
     assert cfg is not None
+
+
+@pytest.mark.parametrize(
+    "experiment,method,params",
+    [
+        ("tied_lora_sweep", "tied_lora", {"method.preset": 8, "method.r": 4}),
+        ("hlpt_ratio_sweep", "hlpt", {"layer_ratio": 7}),
+    ],
+)
+def test_experiment_sweeps_compose(experiment, method, params):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from layerpeft.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        cfg = hydra_compose("train", [f"+experiment={experiment}"], return_hydra_config=True)
+    assert cfg.method.name == method
+    grid = cfg.hydra.sweeper.params
+    assert {k: len(str(v).split(",")) for k, v in grid.items()} == params
