@@ -4,6 +4,9 @@
         layerpeft's LoRA vs HF peft's, same LoRA config, batch, sequence length, optimizer and
         dtype; the two alternate in separate processes (so neither inherits the other's
         allocator state or peak RSS) and the median of the repeats is reported.
+    python scripts/bench.py decode --model smollm2_135m --methods para,lora,ia3
+        PARA paper Table 4 protocol: a ~274-token prompt, 32 new tokens, beam sizes 1 and 3,
+        adapters not merged, repeated runs; each method in its own process (peak RSS per method).
     python scripts/bench.py eval --model smollm2_135m --n 8 --max-new-tokens 32
         layerpeft's evaluation (batched, left-padded, greedy, KV cache) vs the LLM-Adapters
         protocol (one prompt at a time, 4 beams, no KV cache) on the same prompts.
@@ -89,6 +92,52 @@ def bench_train(args) -> dict:
             "mem_ratio": ours["peak_mb"] / base["peak_mb"]}
 
 
+def decode_worker(args) -> dict:
+    """Decoding speed of one method in this process (first run is a warm-up)."""
+    from layerpeft import apply_plan, build_plan
+    from layerpeft.config import compose
+    from layerpeft.data.prompts import prompt_text
+    from layerpeft.data.synthetic import synthetic_math
+
+    torch.manual_seed(0)
+    _, model, tok = _load(args.model)
+    method = compose("train", [f"method={args.method}"]).method
+    adapters = apply_plan(model, build_plan(method, model.config.num_hidden_layers))
+    with torch.no_grad():  # trained-looking adapters: nothing may short-cut a zero update
+        for p in adapters.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    text = " ".join(ex["instruction"] for ex in synthetic_math(40, seed=1))
+    ids = tok(prompt_text(text))["input_ids"][: args.prompt_tokens]
+    enc = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+    out = {}
+    for beams in (1, 3):
+        times = []
+        for _ in range(args.repeats + 1):
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                model.generate(**enc, num_beams=beams, do_sample=False, max_new_tokens=args.new_tokens,
+                               min_new_tokens=args.new_tokens, pad_token_id=tok.pad_token_id)
+            times.append(time.perf_counter() - t0)
+        out[f"beam{beams}_tokens_per_s"] = args.new_tokens / statistics.median(times[1:])
+    out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["prompt_tokens"] = len(ids)
+    return out
+
+
+def bench_decode(args) -> dict:
+    res = {}
+    for method in args.methods.split(","):
+        cmd = [sys.executable, __file__, "_decode_worker", "--model", args.model, "--method", method,
+               "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens),
+               "--repeats", str(args.repeats)]
+        res[method] = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+    out = {"bench": "decode", "model": args.model, "new_tokens": args.new_tokens, "repeats": args.repeats, "methods": res}
+    if "para" in res and "lora" in res:
+        out["para_over_lora"] = res["para"]["beam1_tokens_per_s"] / res["lora"]["beam1_tokens_per_s"]
+        out["para_over_lora_beam3"] = res["para"]["beam3_tokens_per_s"] / res["lora"]["beam3_tokens_per_s"]
+    return out
+
+
 def bench_eval(args) -> dict:
     from layerpeft.data.prompts import prompt_text
     from layerpeft.data.synthetic import synthetic_math
@@ -124,13 +173,22 @@ def main() -> None:
         p.add_argument("--seq-len", type=int, default=128)
         p.add_argument("--repeats", type=int, default=2)
         p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    for name in ("decode", "_decode_worker"):
+        p = sub.add_parser(name)
+        p.add_argument("--model", default="smollm2_135m")
+        p.add_argument("--methods", default="para,lora,ia3")
+        p.add_argument("--method", default="para")
+        p.add_argument("--prompt-tokens", type=int, default=274)
+        p.add_argument("--new-tokens", type=int, default=32)
+        p.add_argument("--repeats", type=int, default=3)
     p = sub.add_parser("eval")
     p.add_argument("--model", default="smollm2_135m")
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--batch", type=int, default=16)
     args = ap.parse_args()
-    fn = {"train": bench_train, "_train_worker": train_worker, "eval": bench_eval}[args.name]
+    fn = {"train": bench_train, "_train_worker": train_worker, "decode": bench_decode,
+          "_decode_worker": decode_worker, "eval": bench_eval}[args.name]
     print(json.dumps(fn(args)))
 
 
