@@ -5,6 +5,7 @@
     metrics.json       {"datasets": {name: {n, correct, accuracy}}, "average", "train": {...}, ...}
     predictions.jsonl  one generated answer per evaluated example
     adapter/           adapter.safetensors (+ peft/ for plain LoRA: PeftModel.from_pretrained)
+    ist.json           IST only: importance trajectory and per-step layer selections
     checkpoints/       step_<n>/ for train.resume=true
 """
 
@@ -20,6 +21,7 @@ from layerpeft.models.loading import load_model
 from layerpeft.peft_model import load_adapter
 
 CONFIG, PLAN, METRICS, PREDICTIONS, ADAPTER_DIR = "config.yaml", "plan.json", "metrics.json", "predictions.jsonl", "adapter"
+IST_FILE = "ist.json"
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -7,6 +7,9 @@
     python scripts/bench.py decode --model smollm2_135m --methods para,lora,ia3
         PARA paper Table 4 protocol: a ~274-token prompt, 32 new tokens, beam sizes 1 and 3,
         adapters not merged, repeated runs; each method in its own process (peak RSS per method).
+    python scripts/bench.py ist --model smollm2_135m --method lora
+        time per optimizer step (IST's probes included) and peak memory of the steps (RSS growth
+        over the loaded model), with and without IST, same batch, alternating processes.
     python scripts/bench.py eval --model smollm2_135m --n 8 --max-new-tokens 32
         layerpeft's evaluation (batched, left-padded, greedy, KV cache) vs the LLM-Adapters
         protocol (one prompt at a time, 4 beams, no KV cache) on the same prompts.
@@ -37,12 +40,17 @@ def train_worker(args) -> dict:
     """One measurement in this process: warm-up step, then timed optimizer steps."""
     torch.manual_seed(0)
     cfg, model, _ = _load(args.model)
+    ist = None
     if args.impl == "ours":
         from layerpeft import apply_plan, build_plan
         from layerpeft.config import compose
 
         method = compose("train", [f"method={args.method}"]).method
-        apply_plan(model, build_plan(method, model.config.num_hidden_layers))
+        adapters = apply_plan(model, build_plan(method, model.config.num_hidden_layers))
+        if args.ist:
+            from layerpeft.train.ist import IST
+
+            ist = IST(adapters, compose("train", []).ist, mu=100.0)
     else:
         from peft import LoraConfig, get_peft_model
 
@@ -54,32 +62,65 @@ def train_worker(args) -> dict:
     ids = torch.randint(10, model.config.vocab_size, (args.batch, args.seq_len))
     autocast = args.dtype == "bf16"
 
-    def step():
+    def loss_of():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            loss = model(input_ids=ids, labels=ids).loss
+            return model(input_ids=ids, labels=ids).loss
+
+    count = [0]
+
+    def step():
+        if ist is not None:  # as in the training loop: probes every interval, then a selection
+            ist.probe(count[0], loss_of)
+            ist.select()
+        count[0] += 1
+        loss = loss_of()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    rss_before = _rss_mb()
     step()
     t0 = time.perf_counter()
     for _ in range(args.steps):
         step()
     dt = time.perf_counter() - t0
-    return {"tokens_per_s": args.steps * ids.numel() / dt,
-            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"tokens_per_s": args.steps * ids.numel() / dt, "step_s": dt / args.steps,
+            "peak_mb": peak, "step_peak_mb": peak - rss_before,
             "trainable": sum(p.numel() for p in params)}
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _worker(args, impl: str, ist: bool) -> dict:
+    cmd = [sys.executable, __file__, "_train_worker", "--impl", impl, "--model", args.model,
+           "--method", args.method, "--steps", str(args.steps), "--batch", str(args.batch),
+           "--seq-len", str(args.seq_len), "--dtype", args.dtype] + (["--ist"] if ist else [])
+    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+
+
+def bench_ist(args) -> dict:
+    runs: dict[str, list[dict]] = {"plain": [], "ist": []}
+    for _ in range(args.repeats):
+        for name in runs:
+            runs[name].append(_worker(args, "ours", name == "ist"))
+    med = {k: {m: statistics.median(r[m] for r in v) for m in ("step_s", "step_peak_mb", "peak_mb")}
+           for k, v in runs.items()}
+    return {"bench": "ist", "model": args.model, "method": args.method, "batch": args.batch,
+            "seq_len": args.seq_len, "steps": args.steps, "dtype": args.dtype, "repeats": args.repeats,
+            "plain": med["plain"], "ist": med["ist"],
+            "mem_ratio": med["ist"]["step_peak_mb"] / med["plain"]["step_peak_mb"],
+            "time_ratio": med["ist"]["step_s"] / med["plain"]["step_s"]}
 
 
 def bench_train(args) -> dict:
     results: dict[str, list[dict]] = {"ours": [], args.baseline: []}
     for _ in range(args.repeats):
         for impl in ("ours", args.baseline):
-            cmd = [sys.executable, __file__, "_train_worker", "--impl", impl, "--model", args.model,
-                   "--method", args.method, "--steps", str(args.steps), "--batch", str(args.batch),
-                   "--seq-len", str(args.seq_len), "--dtype", args.dtype]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            results[impl].append(json.loads(out.strip().splitlines()[-1]))
+            results[impl].append(_worker(args, impl, False))
     med = {k: {m: statistics.median(r[m] for r in v) for m in ("tokens_per_s", "peak_mb")} for k, v in results.items()}
     ours, base = med["ours"], med[args.baseline]
     return {"bench": "train", "model": args.model, "method": args.method, "baseline": args.baseline,
@@ -162,7 +203,7 @@ def bench_eval(args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="name", required=True)
-    for name in ("train", "_train_worker"):
+    for name in ("train", "_train_worker", "ist"):
         p = sub.add_parser(name)
         p.add_argument("--model", default="smollm2_135m")
         p.add_argument("--method", default="lora")
@@ -173,6 +214,7 @@ def main() -> None:
         p.add_argument("--seq-len", type=int, default=128)
         p.add_argument("--repeats", type=int, default=2)
         p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+        p.add_argument("--ist", action="store_true", help="(worker) train with IST")
     for name in ("decode", "_decode_worker"):
         p = sub.add_parser(name)
         p.add_argument("--model", default="smollm2_135m")
@@ -187,7 +229,7 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--batch", type=int, default=16)
     args = ap.parse_args()
-    fn = {"train": bench_train, "_train_worker": train_worker, "decode": bench_decode,
+    fn = {"train": bench_train, "_train_worker": train_worker, "ist": bench_ist, "decode": bench_decode,
           "_decode_worker": decode_worker, "eval": bench_eval}[args.name]
     print(json.dumps(fn(args)))
 

@@ -22,7 +22,7 @@ from layerpeft.eval.generate import evaluate
 from layerpeft.export import export_peft_lora, peft_compatible
 from layerpeft.models.loading import load_model
 from layerpeft.peft_model import apply_plan, get_adapters, save_adapter
-from layerpeft.rundir import ADAPTER_DIR, CONFIG, METRICS, PLAN, PREDICTIONS, write_json
+from layerpeft.rundir import ADAPTER_DIR, CONFIG, IST_FILE, METRICS, PLAN, PREDICTIONS, write_json
 from layerpeft.tracking import make_tracker
 from layerpeft.train.loop import pick_device, train
 
@@ -50,6 +50,10 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
         if adapters.num_params():
             metrics["train"] = train(model, tok, task.train, cfg, run_dir, dev, tracker)
             metrics["train"]["trainable_params"] = adapters.num_params()
+            ist = metrics["train"].pop("ist")
+            if ist is not None:  # the trajectory (for the heat map) goes beside the metrics
+                write_json(run_dir / IST_FILE, ist)
+                metrics["train"]["ist"] = {k: v for k, v in ist.items() if k not in ("trajectory", "selections")}
             get_adapters(model).fold()
             save_adapter(model, run_dir / ADAPTER_DIR)
             if peft_compatible(model):

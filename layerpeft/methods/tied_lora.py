@@ -94,7 +94,20 @@ class TiedLoRA(AdapterModule):
         self.slices = {"q": (0, dims.q_out), "k": (dims.q_out, dims.q_out + dims.kv_out),
                        "v": (dims.q_out + dims.kv_out, out)}
         self.merged = False
+        self.shared_grad = True
         self._h: torch.Tensor | None = None
+
+    def requires_grad_(self, requires_grad: bool = True):
+        """Also decides whether this layer's use of the tied A/B carries gradient, so a layer
+        that IST leaves out of a step adds nothing to the shared tensors' gradient and
+        backpropagation need not reach it."""
+        super().requires_grad_(requires_grad)
+        self.shared_grad = requires_grad
+        return self
+
+    def _ab(self) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b = self.mats.A, self.mats.B
+        return (a, b) if self.shared_grad else (a.detach(), b.detach())
 
     def _delta_weight(self, role: str) -> torch.Tensor:
         """``diag(v) B diag(u) A`` restricted to one projection's rows (out × d)."""
@@ -107,7 +120,8 @@ class TiedLoRA(AdapterModule):
 
     def _project(self, _mod, args, kwargs):
         x = kwargs.get("hidden_states", args[0] if args else None)
-        h = x.to(self.mats.A.dtype) @ self.mats.A.t()
+        a, _ = self._ab()
+        h = x.to(a.dtype) @ a.t()
         self._h = h if self.u is None else h * self.u
         return None
 
@@ -118,7 +132,7 @@ class TiedLoRA(AdapterModule):
                 if self.merged or self.response_scale == 0.0:
                     return out
                 lo, hi = self.slices[role]
-                d = self._h @ self.mats.B[lo:hi].t()
+                d = self._h @ self._ab()[1][lo:hi].t()
                 if self.v is not None:
                     d = d * self.v[lo:hi]
                 return out + (d * self.response_scale).to(out.dtype)

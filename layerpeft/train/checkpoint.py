@@ -31,13 +31,14 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("_")[1])) if done else None
 
 
-def save_checkpoint(run_dir: Path, model, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> Path:
+def save_checkpoint(run_dir: Path, model, optimizer: torch.optim.Optimizer, state: dict[str, Any],
+                    extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
     final = checkpoint_dir(run_dir) / f"step_{state['step']:06d}"
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_adapter(model, tmp)
     opt = optimizer.state_dict()
-    tensors = {"rng.cpu": torch.get_rng_state()}
+    tensors = {"rng.cpu": torch.get_rng_state(), **(extra_tensors or {})}
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     for index, pstate in opt["state"].items():
@@ -53,7 +54,8 @@ def save_checkpoint(run_dir: Path, model, optimizer: torch.optim.Optimizer, stat
 
 
 def load_checkpoint(path: Path, model, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore adapter weights, optimizer moments and RNG; return the saved training state."""
+    """Restore adapter weights, optimizer moments and RNG; return the saved training state
+    (with the checkpoint's other tensors, e.g. IST's, under ``"tensors"``)."""
     from safetensors import safe_open
 
     adapters = get_adapters(model)
@@ -74,4 +76,5 @@ def load_checkpoint(path: Path, model, optimizer: torch.optim.Optimizer) -> dict
     torch.set_rng_state(tensors["rng.cpu"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
+    state["tensors"] = {k: v for k, v in tensors.items() if not k.startswith(("state.", "rng."))}
     return state

@@ -24,7 +24,9 @@ from transformers import (
 )
 
 from layerpeft.data.prompts import collate, tokenize_example
+from layerpeft.peft_model import get_adapters
 from layerpeft.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from layerpeft.train.ist import IST
 
 SCHEDULES = {
     "linear": get_linear_schedule_with_warmup,
@@ -80,10 +82,23 @@ def resolve_lr(cfg) -> float:
     return float(by_dataset.get(cfg.dataset.name, cfg.method.lr))
 
 
+def make_ist(model, cfg) -> IST | None:
+    ist_cfg = cfg.get("ist")
+    if ist_cfg is None or not ist_cfg.enabled:
+        return None
+    mu = ist_cfg.mu if ist_cfg.mu is not None else (10.0 if "commonsense" in cfg.dataset.name else 100.0)
+    return IST(get_adapters(model), ist_cfg, mu)
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _loss(model, batch, dev: Device) -> torch.Tensor:
+    with torch.autocast(dev.device.type, dtype=dev.autocast, enabled=dev.autocast is not None):
+        return model(**batch).loss
 
 
 def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, dev: Device, tracker) -> dict[str, Any]:
@@ -106,11 +121,14 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
         raise ValueError(f"train.schedule={schedule!r} is not one of {', '.join(SCHEDULES)}")
     scheduler = SCHEDULES[schedule](optimizer, int(recipe(cfg, "warmup_steps")), total)
 
+    ist = make_ist(model, cfg)
     step, history, tokens, wall = 0, [], 0, 0.0
     resume_from = latest_checkpoint(run_dir) if t_cfg.resume else None
     if resume_from is not None:
         state = load_checkpoint(resume_from, model, optimizer)
         step, history, tokens, wall = state["step"], state["loss_history"], state["tokens"], state["wall_s"]
+        if ist is not None:
+            ist.load(state["ist"], state["tensors"])
         for _ in range(step):
             scheduler.step()
         print(f"resumed from {resume_from} at step {step}/{total}")
@@ -130,10 +148,17 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
         t0 = time.perf_counter()
         losses, step_tokens = [], 0
         micro = [batch_idx[i : i + t_cfg.micro_batch_size] for i in range(0, len(batch_idx), t_cfg.micro_batch_size)]
-        for chunk in micro:
-            batch = {k: v.to(dev.device) for k, v in collate([data[i] for i in chunk], tokenizer.pad_token_id).items()}
-            with torch.autocast(dev.device.type, dtype=dev.autocast, enabled=dev.autocast is not None):
-                loss = model(**batch).loss
+        batches = [{k: v.to(dev.device) for k, v in collate([data[i] for i in c], tokenizer.pad_token_id).items()}
+                   for c in micro]
+        if ist is not None:  # one selection per optimizer step; probes on its first micro-batch
+            probes = len(ist.trajectory)
+            ist.probe(step, lambda: _loss(model, batches[0], dev))
+            if len(ist.trajectory) > probes:
+                tracker.log({f"ist/importance/layer_{layer}": v
+                             for layer, v in zip(ist.layers, ist.importance.tolist())}, step=step)
+            ist.select()
+        for chunk, batch in zip(micro, batches):
+            loss = _loss(model, batch, dev)
             if not torch.isfinite(loss):
                 bar.close()
                 raise TrainingDiverged(
@@ -170,12 +195,18 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
                     f"adapter parameters became non-finite by optimizer step {step}; "
                     f"last good checkpoint: {last_ckpt or 'none yet'}. Lower train.lr (now {lr:g})."
                 )
+            ist_json, ist_tensors = ist.state() if ist is not None else (None, None)
             last_ckpt = save_checkpoint(
-                run_dir, model, optimizer, {"step": step, "loss_history": history, "tokens": tokens, "wall_s": wall}
+                run_dir, model, optimizer,
+                {"step": step, "loss_history": history, "tokens": tokens, "wall_s": wall, "ist": ist_json},
+                ist_tensors,
             )
     bar.close()
     model.eval()
+    if ist is not None:
+        ist.release()
     return {
+        "ist": ist.summary() if ist is not None else None,
         "steps": step,
         "final_loss": history[-1][1] if history else None,
         "tokens_per_s": tokens / wall if wall else None,
