@@ -103,3 +103,14 @@ def test_prepare_data_from_a_local_copy(tmp_path):
     assert "unavailable: commonsense/hellaswag_test.json" in p.stdout  # not in the shared copy
     cfg = compose("train", ["dataset=math", f"data.dir={tmp_path / 'data'}"])
     assert {k: len(v) for k, v in load_task(cfg.dataset, cfg.data).evals.items()} == HOLDOUT
+
+
+@needs_data
+def test_commonsense_suite_reports_hellaswag_missing():
+    cfg = compose("train", ["dataset=commonsense", f"data.dir={SHARED_DATA}"])
+    task = load_task(cfg.dataset, cfg.data)
+    assert len(task.train) == 15000
+    assert set(task.evals) == {"boolq", "piqa", "social_i_qa", "winogrande", "ARC-Challenge", "ARC-Easy", "openbookqa"}
+    assert len(task.evals["boolq"]) == 3270 and len(task.evals["openbookqa"]) == 500
+    assert set(task.missing) == {"hellaswag", "train:commonsense/hellaswag_train.json"}
+    assert cfg.dataset.max_new_tokens == 32

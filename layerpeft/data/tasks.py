@@ -1,10 +1,11 @@
 """A task = training examples + named evaluation sets, from ``conf/dataset/*.yaml``.
 
-``source: files`` reads LLM-Adapters files from the data directory; with ``holdout: true``
+``source: files`` reads LLM-Adapters files from the data directory (``train`` is one file or a
+list, optionally sampled down to ``train_sample`` examples); with ``holdout: true``
 every test set loses the questions whose instruction also occurs in the training file (the
 HLPT paper's protocol: SVAMP 200, AQuA 51, AddSub 79, MultiArith 109, SingleEq 102, GSM8K
-264). ``source: synthetic`` generates the examples in code. Optional evaluation sets whose
-file is absent are reported as missing instead of failing the run.
+264). ``source: synthetic`` generates the examples in code. Files listed under ``optional``
+that are absent are reported in ``Task.missing`` (and metrics.json) instead of failing the run.
 """
 
 from __future__ import annotations
@@ -53,17 +54,27 @@ def load_task(dataset_cfg: Any, data_cfg: Any) -> Task:
         train, evals, missing = every[: s["n_train"]], {"synthetic": every[s["n_train"] :]}, {}
     else:
         root = data_dir(data.get("dir"))
-        train = read_examples(root / d["train"]) if d.get("train") else []
-        seen = {ex["instruction"].strip() for ex in train}
+        optional = set(d.get("optional") or [])
         evals, missing = {}, {}
+        train = []
+        for rel in [d["train"]] if isinstance(d.get("train"), str) else (d.get("train") or []):
+            if not (root / rel).is_file() and rel in optional:
+                missing[f"train:{rel}"] = f"{root / rel} not found"
+                continue
+            train += read_examples(root / rel)
+        if d.get("train_sample"):  # a fixed mixture drawn from the files (commonsense_15k-like)
+            train = subsample(train, int(d["train_sample"]), int(d.get("train_sample_seed", 42)))
+        seen = {ex["instruction"].strip() for ex in train}
         for name, rel in d["eval_sets"].items():
             path = root / rel
-            if not path.is_file() and name in (d.get("optional") or []):
+            if not path.is_file() and name in optional:
                 missing[name] = f"{path} not found"
                 continue
             items = read_examples(path, need_answer=True)
             if d.get("holdout"):
                 items = [ex for ex in items if ex["instruction"].strip() not in seen]
             evals[name] = items
+        if not evals:
+            raise DataError(f"dataset {d['name']!r}: none of its evaluation files exist under {root}")
     train = subsample(train, data.get("train_size"), int(data.get("seed", 42)))
     return Task(name=d["name"], train=train, evals=evals, missing=missing)
