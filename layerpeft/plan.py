@@ -9,7 +9,7 @@ Ratio rule (DESIGN.md §2): parts that add up to the model's depth are layer cou
 otherwise they are proportions, floored, with left-over layers going to the largest
 fractional remainders (ties to the lower segment). ``24:8`` on 30 layers gives 23:7.
 A ratio may also name modules explicitly (``lora_ffn:6,none:24,prefix:2``), which replaces
-the method's slots.
+the method's slots. A slot may hold several kinds in the same layers: ``prefix+parallel``.
 """
 
 from __future__ import annotations
@@ -209,23 +209,28 @@ def module_options(method_cfg: Any, kind: str) -> dict[str, Any]:
     return opts
 
 
+def _check_kinds(slot: str, where: str) -> None:
+    """A slot names one module kind, ``none``, or several joined by ``+`` (``prefix+parallel``)."""
+    from layerpeft.methods import MODULE_KINDS
+
+    for kind in slot.split("+"):
+        if kind not in MODULE_KINDS and slot != NONE:
+            raise PlanError(
+                f"{where} names unknown module {kind!r}; known: {', '.join(sorted(MODULE_KINDS))}, none"
+            )
+
+
 def build_plan(
     method_cfg: Any, num_layers: int, family: str | None = None, ratio: Any = None
 ) -> LayerPlan:
     """Validate a method (+ optional ratio) and lay it out over ``num_layers`` layers."""
-    from layerpeft.methods import MODULE_KINDS
-
     m = _plain(method_cfg)
     name = m.get("name", "?")
     if num_layers <= 0:
         raise PlanError(f"model has {num_layers} layers")
     slots = method_slots(m)
-    for kind in slots:
-        if kind != NONE and kind not in MODULE_KINDS:
-            raise PlanError(
-                f"method {name!r} names unknown module {kind!r}; "
-                f"known: {', '.join(sorted(MODULE_KINDS))}, none"
-            )
+    for slot in slots:
+        _check_kinds(slot, f"method {name!r}")
 
     spec = ratio if ratio is not None else default_ratio(m, family)
     if spec is None:
@@ -241,12 +246,8 @@ def build_plan(
                     f"{name!r} takes {len(slots)} ({':'.join(slots)})"
                 )
             parts = [(slot, n) for slot, (_, n) in zip(slots, parts)]
-        for kind, _ in parts:
-            if kind != NONE and kind not in MODULE_KINDS:
-                raise PlanError(
-                    f"layer_ratio {ratio_text(spec)!r} names unknown module {kind!r}; "
-                    f"known: {', '.join(sorted(MODULE_KINDS))}, none"
-                )
+        for slot, _ in parts:
+            _check_kinds(slot, f"layer_ratio {ratio_text(spec)!r}")
 
     counts = scale_parts([n for _, n in parts], num_layers)
     segments: list[Segment] = []
@@ -257,7 +258,7 @@ def build_plan(
                 f"layer_ratio {ratio_text(spec)!r} leaves the {kind!r} segment empty on a "
                 f"{num_layers}-layer model; give explicit layer counts that add up to {num_layers}"
             )
-        segments.append(Segment(kind, start, start + n))
+        segments.extend(Segment(k, start, start + n) for k in kind.split("+"))
         start += n
 
     kinds = sorted({s.module for s in segments if s.module != NONE})

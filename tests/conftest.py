@@ -34,7 +34,15 @@ METHOD_CASES = {
     "tied_lora_tied_b_u": ["method=tied_lora", "method.preset=tied_b_u"],
     "tied_lora_tied_a_uv": ["method=tied_lora", "method.preset=tied_a_uv"],
     "tied_lora_vera": ["method=tied_lora", "method.preset=vera"],
+    "dora": [],
+    "lora_all": [],
+    "ln_tuning": [],
+    "bitfit": [],  # GPT-J only: LLaMA has no bias terms
+    "mam": [],
+    "unipelt": [],
 }
+#: (model, case) pairs that are refused by design (tested separately).
+UNSUPPORTED = {("tiny", "bitfit")}
 TINY_MODELS = ["tiny", "tiny_gptj"]
 
 

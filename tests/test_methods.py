@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import METHOD_CASES, TINY_MODELS, case_cfg
+from conftest import METHOD_CASES, TINY_MODELS, UNSUPPORTED, case_cfg
 from layerpeft import apply_plan, load_adapter, save_adapter
 from layerpeft.commands.plan import plan_for
 from layerpeft.methods import MODULE_KINDS
 from layerpeft.models.loading import load_model
 from layerpeft.peft_model import ADAPTER_FILE
 
-CASES = [(m, c) for m in TINY_MODELS for c in METHOD_CASES]
+CASES = [(m, c) for m in TINY_MODELS for c in METHOD_CASES if (m, c) not in UNSUPPORTED]
 T, PROMPT = 14, 8
 
 
@@ -144,6 +144,34 @@ def test_prefix_does_not_shift_positions():
 def test_every_module_kind_is_covered_by_the_matrix():
     covered = set()
     for case in METHOD_CASES:
-        cfg = case_cfg("tiny", case)
+        cfg = case_cfg("tiny_gptj", case)
         covered |= set(plan_for(cfg).kinds)
     assert covered == set(MODULE_KINDS)
+
+
+def test_bitfit_refuses_a_model_without_biases():
+    from layerpeft.plan import PlanError
+
+    cfg = case_cfg("tiny", "bitfit")
+    model, _ = load_model(cfg.model)
+    with pytest.raises(PlanError, match="bitfit: layer 0 of this llama model has no bias terms"):
+        apply_plan(model, plan_for(cfg))
+
+
+@pytest.mark.parametrize("model_name", TINY_MODELS)
+def test_dora_merged_equals_unmerged(model_name):
+    _, model, adapters, ids, _ = build(model_name, "dora")
+    perturb(adapters)
+    with torch.no_grad():
+        unmerged = model(input_ids=ids).logits
+        adapters.merge()
+        merged = model(input_ids=ids).logits
+        adapters.unmerge()
+        again = model(input_ids=ids).logits
+    torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=0)
+    torch.testing.assert_close(again, unmerged, atol=1e-6, rtol=0)
+
+
+def test_multi_kind_slots_put_every_kind_in_every_layer():
+    cfg = case_cfg("tiny", "unipelt")
+    assert plan_for(cfg).layers == [["lora_attn", "prefix", "series"]] * 4

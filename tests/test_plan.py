@@ -62,6 +62,17 @@ def test_paper_ratio_sweep_on_llama7b(ratio):
         # parallel adapter, bottleneck 256: 32 × (4096·256 + 256 + 256·4096 + 4096)
         ("llama7b", "parallel", 67_248_128),
         ("llama7b", "none", 0),
+        # survey baselines (hand-computed): DoRA = LoRA + a magnitude per output row of q and v
+        ("llama7b", "dora", 4_194_304 + 32 * 2 * 4096),
+        ("llama7b", "lora_all", 32 * 8 * (4 * (4096 + 4096) + 3 * (4096 + 11008))),
+        ("llama7b", "ln_tuning", 32 * 2 * 4096),  # two RMSNorm gains per layer, no biases
+        # MAM: prefix (30 tokens) + parallel adapter (512, with biases)
+        ("llama7b", "mam", 7_864_320 + 32 * (4096 * 512 + 512 + 512 * 4096 + 4096)),
+        # UniPELT: gated LoRA q,v + gated prefix (10) + gated Pfeiffer adapter (64)
+        ("llama7b", "unipelt", 32 * (2 * (2 * 4096 * 8 + 4097) + (2 * 10 * 4096 + 4097)
+                                     + (4096 * 64 + 64 + 64 * 4096 + 4096 + 4097))),
+        # BitFit on GPT-J: fc_in (16384) + fc_out (4096) + ln_1 (4096) biases per layer
+        ("gptj6b", "bitfit", 28 * (16_384 + 4_096 + 4_096)),
     ],
 )
 def test_paper_parameter_counts(model, method, params):

@@ -60,14 +60,15 @@ class ParallelAdapter(_AdapterBase):
 
 
 class SeriesAdapter(_AdapterBase):
-    """After a sublayer's output projection: ``y + s · A(y)``.
+    """After a sublayer's output projection: ``y + s · g(y) · A(y)``.
 
     ``houlsby`` places one after attention (o) and one after the FFN (down);
-    ``pfeiffer`` only after the FFN.
+    ``pfeiffer`` only after the FFN. ``gate: true`` adds UniPELT's per-token gate
+    ``g(y) = sigmoid(w·y + b)`` (otherwise g = 1).
     """
 
     kind = "series"
-    defaults = {**_AdapterBase.defaults, "variant": "houlsby"}
+    defaults = {**_AdapterBase.defaults, "variant": "houlsby", "gate": False}
 
     @classmethod
     def check_options(cls, opts):
@@ -80,15 +81,19 @@ class SeriesAdapter(_AdapterBase):
         self.adapters = nn.ModuleDict(
             {r: Bottleneck(dims.hidden, options["bottleneck"], options["act"]) for r in roles}
         )
+        self.gates = nn.ModuleDict({r: nn.Linear(dims.hidden, 1) for r in roles}) if options["gate"] else None
 
     def attach(self, layer):
         handles = []
         for role, adapter in self.adapters.items():
-            def hook(_mod, _args, out, adapter=adapter):
+            def hook(_mod, _args, out, role=role, adapter=adapter):
                 if self.response_scale == 0.0:
                     return out
                 s = self.options["scale"] * self.response_scale
-                return out + (s * adapter(out)).to(out.dtype)
+                delta = adapter(out)
+                if self.gates is not None:
+                    delta = delta * torch.sigmoid(self.gates[role](out.to(delta.dtype)))
+                return out + (s * delta).to(out.dtype)
 
             handles.append(self.target(layer, role).register_forward_hook(hook))
         return handles

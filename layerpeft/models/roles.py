@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-ROLES = ("attention", "attn_input_norm", "q", "k", "v", "o", "mlp", "up", "gate", "down")
+ROLES = ("attention", "attn_input_norm", "ffn_input_norm", "q", "k", "v", "o", "mlp", "up", "gate", "down")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class Family:
 _LLAMA_PATHS = {
     "attention": "self_attn",
     "attn_input_norm": "input_layernorm",
+    "ffn_input_norm": "post_attention_layernorm",
     "q": "self_attn.q_proj",
     "k": "self_attn.k_proj",
     "v": "self_attn.v_proj",
@@ -55,6 +56,7 @@ FAMILIES: dict[str, Family] = {
         {
             "attention": "attn",
             "attn_input_norm": "ln_1",
+            "ffn_input_norm": None,  # GPT-J's attention and FFN share ln_1
             "q": "attn.q_proj",
             "k": "attn.k_proj",
             "v": "attn.v_proj",
