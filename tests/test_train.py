@@ -41,6 +41,13 @@ def test_run_directory_contents(tmp_path):
     plan = json.loads((run / "plan.json").read_text())
     assert plan["layers"] == [["lora_ffn"]] * 3 + [["prefix"]]
     assert sum(plan["layer_params"]) == metrics["trainable_params"]
+    eff = metrics["efficiency"]  # the survey's Guideline 2 figures
+    assert eff["adapter_bytes"] == (run / "adapter" / "adapter.safetensors").stat().st_size
+    assert eff["changed_params"] == eff["trainable_params"] == metrics["trainable_params"]
+    assert eff["trainable_pct"] == pytest.approx(100 * metrics["trainable_params"] / metrics["total_params"])
+    assert eff["train_tokens_per_s"] > 0 and eff["inference_tokens_per_s"] > 0 and eff["peak_memory_mb"] > 0
+    rep = subprocess.run([EXE, "report", str(run), "--efficiency"], capture_output=True, text=True, timeout=120)
+    assert rep.returncode == 0 and "| trainable params | trainable % | changed % | peak MB |" in rep.stdout
     assert (run / "config.yaml").is_file() and (run / "adapter" / "adapter.safetensors").is_file()
     assert len((run / "predictions.jsonl").read_text().splitlines()) == 8
     assert not [p for p in run.rglob("*") if p.suffix in (".bin", ".pt", ".pkl", ".pth")]

@@ -47,6 +47,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
         metrics: dict = {"status": "running", "model": cfg.model.name, "method": plan.method,
                          "dataset": task.name, "trainable_params": adapters.num_params(),
                          "total_params": sum(p.numel() for p in model.parameters())}
+        initial = {n: p.detach().clone() for n, p in adapters.named_parameters()}
         if adapters.num_params():
             metrics["train"] = train(model, tok, task.train, cfg, run_dir, dev, tracker)
             metrics["train"]["trainable_params"] = adapters.num_params()
@@ -61,6 +62,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
         if cfg.eval.enabled:
             metrics.update(evaluate(model, tok, task.evals, cfg.eval, run_dir / PREDICTIONS, task.missing))
             tracker.log_eval(metrics)
+        metrics["efficiency"] = efficiency(metrics, adapters, initial, run_dir)
         metrics["status"] = "ok"
         metrics["wall_s"] = time.perf_counter() - t0
         write_json(run_dir / METRICS, metrics)
@@ -68,6 +70,24 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
         return metrics
     finally:
         tracker.finish(failed=failed)
+
+
+def efficiency(metrics: dict, adapters, initial: dict, run_dir: Path) -> dict:
+    """The PEFT survey's Guideline 2 figures for one run."""
+    total = metrics["total_params"]
+    changed = sum(int((p.detach() != initial[n]).sum()) for n, p in adapters.named_parameters())
+    adapter = run_dir / ADAPTER_DIR / "adapter.safetensors"
+    train_m = metrics.get("train") or {}
+    return {
+        "trainable_params": metrics["trainable_params"],
+        "trainable_pct": 100.0 * metrics["trainable_params"] / total,
+        "changed_params": changed,
+        "changed_pct": 100.0 * changed / total,
+        "peak_memory_mb": train_m.get("peak_memory_mb"),
+        "train_tokens_per_s": train_m.get("tokens_per_s"),
+        "inference_tokens_per_s": metrics.get("inference_tokens_per_s"),
+        "adapter_bytes": adapter.stat().st_size if adapter.is_file() else 0,
+    }
 
 
 def run(cfg: DictConfig) -> dict | None:

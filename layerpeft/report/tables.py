@@ -64,7 +64,7 @@ def _fmt(x: Any) -> str:
     if x is None:
         return "–"
     if isinstance(x, float):
-        return f"{x:.2f}"
+        return f"{x:.2f}" if abs(x) >= 0.01 or x == 0 else f"{x:.2g}"
     if isinstance(x, int):
         return f"{x:,}"
     return str(x)
@@ -106,3 +106,33 @@ def accuracy_table(labelled: list[tuple[str, dict[str, Any]]]) -> str:
     header, rows = table_rows(runs)
     keep = [i for i, h in enumerate(header) if h not in ("layers", "status")]
     return markdown([header[i] for i in keep], [[r[i] for i in keep] for r in rows])
+
+
+EFFICIENCY_COLUMNS = [
+    ("trainable_params", "trainable params"), ("trainable_pct", "trainable %"), ("changed_pct", "changed %"),
+    ("peak_memory_mb", "peak MB"), ("train_tokens_per_s", "train tok/s"),
+    ("inference_tokens_per_s", "infer tok/s"), ("adapter_bytes", "adapter bytes"),
+]
+RELATIVE = ("peak_memory_mb", "train_tokens_per_s", "inference_tokens_per_s")
+
+
+def efficiency_rows(runs: list[Run], baseline: str | None = None) -> tuple[list[str], list[list[Any]]]:
+    """The survey's Table 5 layout: score, parameters, memory and throughput per run; with
+    ``baseline`` (a run label or method name; default: a ``full`` fine-tuning run if present),
+    memory and throughput also relative to that run."""
+    ref = None
+    for r in runs:
+        if r.label == baseline or r.metrics.get("method") == (baseline or "full"):
+            ref = r.metrics.get("efficiency")
+            break
+    header = ["run", "method", "score (Avg.)"] + [h for _, h in EFFICIENCY_COLUMNS]
+    if ref:
+        header += [f"{k.replace('_', ' ')} (×ref)" for k in RELATIVE]
+    rows = []
+    for r in runs:
+        e = r.metrics.get("efficiency") or {}
+        row = [r.label, r.metrics.get("method"), r.metrics.get("average")] + [e.get(k) for k, _ in EFFICIENCY_COLUMNS]
+        if ref:
+            row += [e[k] / ref[k] if e.get(k) and ref.get(k) else None for k in RELATIVE]
+        rows.append(row)
+    return header, rows
