@@ -136,7 +136,6 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
     if dev.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev.device)
     model.train()
-    n_micro = t_cfg.batch_size // t_cfg.micro_batch_size
     bar = tqdm(total=total, initial=step, desc="train", dynamic_ncols=True)
     last_ckpt = resume_from
     order: torch.Tensor | None = None
