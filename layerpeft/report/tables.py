@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from layerpeft.rundir import METRICS, read_metrics
+from layerpeft.rundir import METRICS, PLAN, read_metrics
 
 
 @dataclass
@@ -30,13 +31,11 @@ def _overrides(run_dir: Path) -> list[str]:
 
 
 def _segments(run_dir: Path) -> str:
-    plan = run_dir / "plan.json"
+    plan = run_dir / PLAN
     if not plan.is_file():
         return ""
-    import json
-
-    segs = json.loads(plan.read_text())["segments"]
-    return ":".join(str(s["end"] - s["start"]) for s in segs)
+    ranges = dict.fromkeys((s["start"], s["end"]) for s in json.loads(plan.read_text())["segments"])
+    return ":".join(str(end - start) for start, end in ranges)  # a multi-kind slot counts once
 
 
 def collect_runs(paths: list[str | Path]) -> list[Run]:
