@@ -56,6 +56,17 @@ def case_cfg(model: str, case: str):
     return compose("plan", case_overrides(model, case))
 
 
+def merge_roundtrip(model, adapters, ids):
+    """Logits unmerged, merged into the base weights, and unmerged again."""
+    with torch.no_grad():
+        unmerged = model(input_ids=ids).logits
+        adapters.merge()
+        merged = model(input_ids=ids).logits
+        adapters.unmerge()
+        again = model(input_ids=ids).logits
+    return unmerged, merged, again
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import METHOD_CASES, TINY_MODELS, UNSUPPORTED, case_cfg
+from conftest import METHOD_CASES, TINY_MODELS, UNSUPPORTED, case_cfg, merge_roundtrip
 from layerpeft import apply_plan, load_adapter, save_adapter
 from layerpeft.commands.plan import plan_for
 from layerpeft.methods import MODULE_KINDS
@@ -162,12 +162,7 @@ def test_bitfit_refuses_a_model_without_biases():
 def test_dora_merged_equals_unmerged(model_name):
     _, model, adapters, ids, _ = build(model_name, "dora")
     perturb(adapters)
-    with torch.no_grad():
-        unmerged = model(input_ids=ids).logits
-        adapters.merge()
-        merged = model(input_ids=ids).logits
-        adapters.unmerge()
-        again = model(input_ids=ids).logits
+    unmerged, merged, again = merge_roundtrip(model, adapters, ids)
     torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=0)
     torch.testing.assert_close(again, unmerged, atol=1e-6, rtol=0)
 
