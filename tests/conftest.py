@@ -15,7 +15,6 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # (method, extra overrides) — every generic test runs over all of these on both tiny families.
 METHOD_CASES = {
     "lora": [],
-    "lora_all": ["method=lora", "method.options.lora.targets=all"],
     "prefix": [],
     "prefix_reparam": ["method=prefix", "method.options.prefix.reparam=true"],
     "parallel": [],
