@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from layerpeft.config import CONF_DIR
 from layerpeft.data.files import DataError
+from layerpeft.errors import UserError
 from layerpeft.plan import PlanError
 from layerpeft.train.loop import TrainingDiverged
 
@@ -25,10 +26,6 @@ USAGE = """usage: layerpeft {train,eval,plan,report,prepare-data} [args...]
   report  tables from run or sweep directories:  layerpeft report outputs/multirun/...
   prepare-data  fill data/ with the benchmark files:  layerpeft prepare-data [--from ../shared/data]
 """
-
-
-class UserError(Exception):
-    """Bad input the user can fix; printed without a traceback."""
 
 
 def _run_hydra(command: str, argv: list[str]) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from layerpeft.cli import UserError
+from layerpeft.errors import UserError
 from layerpeft.data.tasks import load_task
 from layerpeft.eval.generate import evaluate
 from layerpeft.models.loading import load_model
