@@ -6,6 +6,10 @@ plan, registers them under ``model.layerpeft`` (so ``.to()``, ``.parameters()`` 
 transformers model: ``model(...)`` and ``model.generate(...)`` work as before, with one
 extra forward argument, ``prompt_mask``, that tells prompt-dependent modules which tokens
 are the prompt in a teacher-forced sequence.
+
+A plan may also train base weights (``full`` fine-tuning unfreezes its layers): those are
+``AdapterSet.base_params``, counted with the adapter's parameters and saved beside them
+under ``base.<name>``, so one adapter file always holds everything a run trained.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from layerpeft.plan import LayerPlan, PlanError
 
 ADAPTER_FILE = "adapter.safetensors"
 ATTR = "layerpeft"
+BASE = "base."
 
 
 class AdapterSet(nn.Module):
@@ -48,6 +53,8 @@ class AdapterSet(nn.Module):
                 if kinds:
                     self.layers[str(i)] = nn.ModuleDict({k: self._build(k, i, dims, family) for k in kinds})
         self._handles: list = []
+        # Base-model parameters the plan trains (full fine-tuning), by their model name.
+        self.base_params: dict[str, nn.Parameter] = {}
 
     def _build(self, kind: str, index: int, dims: Dims, family) -> AdapterModule:
         extra = {"shared": self.shared[kind]} if kind in self.shared else {}
@@ -59,10 +66,37 @@ class AdapterSet(nn.Module):
 
     def layer_params(self, index: int) -> int:
         key = str(index)
-        return sum(p.numel() for p in self.layers[key].parameters()) if key in self.layers else 0
+        if key not in self.layers:
+            return 0
+        base = sum(p.numel() for m in self.layers[key].values() for p in getattr(m, "base", ()))
+        return base + sum(p.numel() for p in self.layers[key].parameters())
+
+    def trainable(self) -> dict[str, torch.Tensor]:
+        """Every tensor the plan trains: the modules' own (state-dict names) and the base
+        parameters it unfroze (``base.<name>``)."""
+        own = dict(self.named_parameters())
+        return {**own, **{f"{BASE}{n}": p for n, p in self.base_params.items()}}
 
     def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        return sum(p.numel() for p in self.trainable().values())
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        """What ``save_adapter`` writes: the modules' state (incl. frozen seeded buffers) and
+        the trained base parameters."""
+        base = {f"{BASE}{n}": p for n, p in self.base_params.items()}
+        return {k: v.detach().to("cpu").contiguous() for k, v in {**self.state_dict(), **base}.items()}
+
+    @torch.no_grad()
+    def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Inverse of ``adapter_state``; strict about both parts."""
+        base = {k[len(BASE):]: v for k, v in state.items() if k.startswith(BASE)}
+        if set(base) != set(self.base_params):
+            missing, extra = set(self.base_params) - set(base), set(base) - set(self.base_params)
+            raise ValueError(f"adapter's base parameters do not match the plan: missing {sorted(missing)[:3]}, "
+                             f"unexpected {sorted(extra)[:3]}")
+        self.load_state_dict({k: v for k, v in state.items() if not k.startswith(BASE)}, strict=True)
+        for name, value in base.items():
+            self.base_params[name].copy_(value)
 
     def set_response_scale(self, scale: float, layers: list[int] | None = None) -> None:
         """Scale every module's contribution (or only those in ``layers``); 0 = base model."""
@@ -125,11 +159,21 @@ def apply_plan(model: nn.Module, plan: LayerPlan) -> AdapterSet:
     layers = decoder_layers(model, family)
     for m in adapters.adapter_modules():
         adapters._handles.extend(m.attach(layers[m.layer_idx]))
-    if "prefix" in plan.kinds:
+    if any(getattr(MODULE_KINDS[k], "extends_attention", False) for k in plan.kinds):
         install_prefix_attention(model)
     adapters._handles.append(
         model.register_forward_pre_hook(_context_hook(adapters.ctx), with_kwargs=True)
     )
+    # Model-level parts of shared modules (the soft prompt's pass, unfreezing embeddings);
+    # their hooks run after the context hook, so they see this forward's context.
+    for shared in adapters.shared.values():
+        if hasattr(shared, "attach_model"):
+            adapters._handles.extend(shared.attach_model(model, adapters.ctx))
+    for name, p in model.named_parameters():
+        if p.requires_grad and not name.startswith(f"{ATTR}."):
+            if p.dtype != torch.float32:  # trained weights stay fp32 (autocast computes in bf16)
+                p.data = p.data.float()
+            adapters.base_params[name] = p
     return adapters
 
 
@@ -154,7 +198,7 @@ def save_adapter(model: nn.Module, directory: str | Path, extra_meta: dict | Non
     adapters = get_adapters(model)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in adapters.state_dict().items()}
+    tensors = adapters.adapter_state()
     meta = {"format": "pt", "layerpeft_plan": adapters.plan.to_json()}
     for k, v in (extra_meta or {}).items():
         meta[k] = json.dumps(v)
@@ -178,5 +222,5 @@ def load_adapter(model: nn.Module, directory: str | Path) -> AdapterSet:
     with safe_open(str(path), framework="pt") as f:
         for k in f.keys():
             state[k] = f.get_tensor(k)
-    adapters.load_state_dict(state, strict=True)
+    adapters.load_adapter_state(state)
     return adapters

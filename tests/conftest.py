@@ -39,9 +39,11 @@ METHOD_CASES = {
     "bitfit": [],  # GPT-J only: LLaMA has no bias terms
     "mam": [],
     "unipelt": [],
+    "prompt_tuning": [],  # LLaMA only: GPT-J's positions are a table lookup
+    "full": [],
 }
 #: (model, case) pairs that are refused by design (tested separately).
-UNSUPPORTED = {("tiny", "bitfit")}
+UNSUPPORTED = {("tiny", "bitfit"), ("tiny_gptj", "prompt_tuning")}
 TINY_MODELS = ["tiny", "tiny_gptj"]
 
 

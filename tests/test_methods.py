@@ -27,9 +27,10 @@ def build(model_name, case):
 
 
 def perturb(adapters, std=0.2):
-    """Move every adapter parameter off its initial value (LoRA's zero B, IA3's ones, …)."""
+    """Move every trained tensor off its initial value (LoRA's zero B, IA3's ones, full
+    fine-tuning's base weights, …)."""
     with torch.no_grad():
-        for p in adapters.parameters():
+        for p in adapters.trainable().values():
             p.add_(torch.randn_like(p) * std)
 
 
@@ -50,10 +51,12 @@ def test_zero_init_leaves_logits_unchanged(model_name, case):
 @pytest.mark.parametrize("model_name,case", CASES)
 def test_only_plan_parameters_change_in_training(model_name, case):
     _, model, adapters, ids, _ = build(model_name, case)
-    base_before = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("layerpeft.")}
-    adapter_before = {n: p.detach().clone() for n, p in adapters.named_parameters()}
-    assert all(p.requires_grad for p in adapters.parameters())
-    assert not any(p.requires_grad for n, p in model.named_parameters() if not n.startswith("layerpeft."))
+    trained = adapters.trainable()
+    frozen = {n: p for n, p in model.named_parameters() if not n.startswith("layerpeft.") and n not in adapters.base_params}
+    base_before = {n: p.detach().clone() for n, p in frozen.items()}
+    adapter_before = {n: p.detach().clone() for n, p in trained.items()}
+    assert all(p.requires_grad for p in trained.values())
+    assert not any(p.requires_grad for p in frozen.values())
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
     for _ in range(3):
@@ -61,15 +64,16 @@ def test_only_plan_parameters_change_in_training(model_name, case):
         loss.backward()
         opt.step()
         opt.zero_grad()
-    for n, p in model.named_parameters():
-        if not n.startswith("layerpeft."):
-            assert torch.equal(p, base_before[n]), f"base parameter {n} changed"
-    unchanged = [n for n, p in adapters.named_parameters() if torch.equal(p, adapter_before[n])]
-    assert not unchanged, f"adapter parameters that did not train: {unchanged}"
+    for n, p in frozen.items():
+        assert torch.equal(p, base_before[n]), f"base parameter {n} changed"
+    unchanged = [n for n, p in trained.items() if torch.equal(p, adapter_before[n])]
+    assert not unchanged, f"trainable parameters that did not train: {unchanged}"
 
 
 @pytest.mark.parametrize("model_name,case", CASES)
 def test_response_scale_zero_restores_base(model_name, case):
+    if case == "full":
+        pytest.skip("full fine-tuning has no response scale (test_full_fine_tuning_has_no_response_scale)")
     _, model, adapters, ids, base = build(model_name, case)
     perturb(adapters)
     with torch.no_grad():

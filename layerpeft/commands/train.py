@@ -47,9 +47,9 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
         metrics: dict = {"status": "running", "model": cfg.model.name, "method": plan.method,
                          "dataset": task.name, "trainable_params": adapters.num_params(),
                          "total_params": sum(p.numel() for p in model.parameters())}
-        initial = {n: p.detach().clone() for n, p in adapters.named_parameters()}
+        initial = {n: p.detach().clone() for n, p in adapters.trainable().items()}
         if adapters.num_params():
-            metrics["train"] = train(model, tok, task.train, cfg, run_dir, dev, tracker)
+            metrics["train"] = train(model, tok, task.train, cfg, run_dir, dev, tracker, val=task.val)
             metrics["train"]["trainable_params"] = adapters.num_params()
             ist = metrics["train"].pop("ist")
             if ist is not None:  # the trajectory (for the heat map) goes beside the metrics

@@ -43,6 +43,7 @@ class Prefix(AdapterModule):
     }
     zero_init = False
     layer_local = False
+    extends_attention = True  # needs install_prefix_attention
 
     @classmethod
     def check_options(cls, opts):
@@ -100,38 +101,47 @@ class Prefix(AdapterModule):
 
     # --- attention --------------------------------------------------------------------
     def extend(self, query, key, value, mask):
-        """Prepend the prefix to ``key``/``value`` and widen ``mask`` to match."""
-        batch, q_len, kv_len = key.shape[0], query.shape[2], key.shape[2]
+        """Prepend the (gated) prefix to ``key``/``value`` and widen ``mask`` to match."""
+        batch = key.shape[0]
         pk, pv = self.key_value()
         pk = pk.to(key.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
         pv = pv.to(value.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
         if self.gate is not None:
             g = self._seq_gate.to(key.dtype).view(batch, 1, 1, 1)
             pk, pv = pk * g, pv * g
-        n = pk.shape[2]
-        key = torch.cat([pk, key], dim=2)
-        value = torch.cat([pv, value], dim=2)
-
-        if mask is None:
-            rows = torch.arange(q_len, device=key.device)[:, None] + (kv_len - q_len)
-            mask = (torch.arange(kv_len, device=key.device)[None, :] <= rows)[None, None]
-        s = self.response_scale
-        if mask.dtype == torch.bool and s == 1.0:
-            cols = torch.ones(*mask.shape[:2], q_len, n, dtype=torch.bool, device=mask.device)
-        else:
-            if mask.dtype == torch.bool:
-                neg = torch.finfo(query.dtype).min
-                mask = torch.zeros(mask.shape, dtype=query.dtype, device=mask.device).masked_fill(~mask, neg)
-            cols = torch.full((*mask.shape[:2], q_len, n), math.log(s), dtype=mask.dtype, device=mask.device)
-        return key, value, torch.cat([cols, mask.expand(*mask.shape[:2], q_len, kv_len)], dim=-1)
+        return prepend_kv(query, key, value, mask, pk, pv, self.response_scale)
 
     def attach(self, layer):
         attn = self.target(layer, "attention")
-        attn.__dict__[_ATTR] = self
-        handles = [_DictEntryHandle(attn.__dict__, _ATTR)]
+        handles = [attach_attention(self, attn)]
         if self.gate is not None:
             handles.append(attn.register_forward_pre_hook(self._update_gate, with_kwargs=True))
         return handles
+
+
+def prepend_kv(query, key, value, mask, pk, pv, scale: float):
+    """Keys/values with ``pk``/``pv`` (B, kv_heads, n, head_dim) in front, and the mask widened:
+    the new columns are visible to every query, weighted by ``scale`` (as a ``log`` bias)."""
+    q_len, kv_len, n = query.shape[2], key.shape[2], pk.shape[2]
+    key = torch.cat([pk, key], dim=2)
+    value = torch.cat([pv, value], dim=2)
+    if mask is None:
+        rows = torch.arange(q_len, device=key.device)[:, None] + (kv_len - q_len)
+        mask = (torch.arange(kv_len, device=key.device)[None, :] <= rows)[None, None]
+    if mask.dtype == torch.bool and scale == 1.0:
+        cols = torch.ones(*mask.shape[:2], q_len, n, dtype=torch.bool, device=mask.device)
+    else:
+        if mask.dtype == torch.bool:
+            neg = torch.finfo(query.dtype).min
+            mask = torch.zeros(mask.shape, dtype=query.dtype, device=mask.device).masked_fill(~mask, neg)
+        cols = torch.full((*mask.shape[:2], q_len, n), math.log(scale), dtype=mask.dtype, device=mask.device)
+    return key, value, torch.cat([cols, mask.expand(*mask.shape[:2], q_len, kv_len)], dim=-1)
+
+
+def attach_attention(module: AdapterModule, attn: nn.Module) -> "_DictEntryHandle":
+    """Make ``module.extend`` part of ``attn``'s attention (see ``install_prefix_attention``)."""
+    attn.__dict__[_ATTR] = module
+    return _DictEntryHandle(attn.__dict__, _ATTR)
 
 
 class _DictEntryHandle:
@@ -148,7 +158,8 @@ def install_prefix_attention(model: nn.Module) -> None:
     """Route the model's attention through a function that knows about prefixes.
 
     The wrapper delegates to the model's own implementation (sdpa or eager) and only
-    changes layers that carry a prefix; the matching mask function is registered too.
+    changes layers that carry a module attached by ``attach_attention`` (a prefix, a soft
+    prompt's keys and values); the matching mask function is registered too.
     """
     impl = model.config._attn_implementation
     if impl.startswith("layerpeft_"):
@@ -164,9 +175,9 @@ def install_prefix_attention(model: nn.Module) -> None:
         base_fn = ALL_ATTENTION_FUNCTIONS[impl]
 
     def attention(module, query, key, value, attention_mask, **kwargs):
-        prefix = module.__dict__.get(_ATTR)
-        if prefix is not None and prefix.response_scale != 0.0:
-            key, value, attention_mask = prefix.extend(query, key, value, attention_mask)
+        extra = module.__dict__.get(_ATTR)
+        if extra is not None and extra.response_scale != 0.0:
+            key, value, attention_mask = extra.extend(query, key, value, attention_mask)
         return base_fn(module, query, key, value, attention_mask, **kwargs)
 
     name = f"layerpeft_{impl}_{model.config.model_type}"

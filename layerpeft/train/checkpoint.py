@@ -60,7 +60,7 @@ def load_checkpoint(path: Path, model, optimizer: torch.optim.Optimizer) -> dict
 
     adapters = get_adapters(model)
     with safe_open(str(path / ADAPTER_FILE), framework="pt") as f:
-        adapters.load_state_dict({k: f.get_tensor(k) for k in f.keys()}, strict=True)
+        adapters.load_adapter_state({k: f.get_tensor(k) for k in f.keys()})
     tensors = load_file(str(path / OPTIM_FILE))
     state = json.loads((path / STATE_FILE).read_text())
     opt = optimizer.state_dict()

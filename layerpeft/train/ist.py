@@ -32,7 +32,8 @@ class IST:
         if blocked:
             raise PlanError(
                 f"IST works on layer-based modules only; the plan has {', '.join(blocked)} "
-                "(prefix-like modules are excluded, as in the IST paper)"
+                "(prefix-like modules are excluded, as in the IST paper; so are a soft prompt and "
+                "full fine-tuning, which are not per-layer adapter modules)"
             )
         if ist_cfg.policy not in POLICIES:
             raise PlanError(f"ist.policy={ist_cfg.policy!r} is not one of {', '.join(POLICIES)}")
