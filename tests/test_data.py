@@ -36,6 +36,31 @@ def test_math_holdout_and_train_subsets():
 
 
 @needs_data
+def test_validation_set_is_disjoint_and_leaves_the_training_subset_unchanged():
+    base = ["dataset=math", f"data.dir={SHARED_DATA}", "data.train_size=1000"]
+    without = load_task(*_parts(compose("train", [*base, "data.val_size=0"])))
+    task = load_task(*_parts(compose("train", base)))  # val_size 120 by default
+    assert task.train == without.train and without.val == []
+    assert len(task.val) == 120
+    assert not {e["instruction"] for e in task.val} & {e["instruction"] for e in task.train}
+    whole = load_task(*_parts(compose("train", ["dataset=math", f"data.dir={SHARED_DATA}"])))
+    assert len(whole.train) + len(whole.val) == 3260  # carved out of the whole file
+    with pytest.raises(DataError, match="data.val_size=3000 exceeds the 2260 examples"):
+        load_task(*_parts(compose("train", [*base, "data.val_size=3000"])))
+
+
+def test_synthetic_validation_problems_are_generated_beyond_the_others():
+    task = load_task(*_parts(compose("train", ["dataset=synthetic_math", "data.val_size=50"])))
+    assert len(task.train) == 600 and len(task.evals["synthetic"]) == 100 and len(task.val) == 50
+    seen = {e["instruction"] for e in task.train + task.evals["synthetic"]}
+    assert len([e for e in task.val if e["instruction"] not in seen]) > 40  # generated, not copied
+
+
+def _parts(cfg):
+    return cfg.dataset, cfg.data
+
+
+@needs_data
 def test_eval_cli_reports_holdout_sizes(tmp_path):
     p = subprocess.run(
         [EXE, "eval", "model=tiny", "method=none", "dataset=math", f"data.dir={SHARED_DATA}",

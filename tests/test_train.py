@@ -38,6 +38,10 @@ def test_run_directory_contents(tmp_path):
     assert metrics["status"] == "ok" and metrics["datasets"]["synthetic"]["n"] == 8
     assert set(metrics["train"]) >= {"steps", "final_loss", "tokens_per_s", "peak_memory_mb", "trainable_params", "wall_s"}
     assert metrics["train"]["steps"] == 3 and metrics["train"]["lr"] == 3e-3
+    # 600 synthetic problems, batches of 16: 38 steps an epoch; validation at the run's end
+    assert metrics["train"]["steps_per_epoch"] == 38
+    ((epoch, val_loss),) = metrics["train"]["val_loss_history"]
+    assert epoch == pytest.approx(3 / 38) and 0 < val_loss < 10
     plan = json.loads((run / "plan.json").read_text())
     assert plan["layers"] == [["lora_ffn"]] * 3 + [["prefix"]]
     assert sum(plan["layer_params"]) == metrics["trainable_params"]

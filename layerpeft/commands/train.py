@@ -75,7 +75,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
 def efficiency(metrics: dict, adapters, initial: dict, run_dir: Path) -> dict:
     """The PEFT survey's Guideline 2 figures for one run."""
     total = metrics["total_params"]
-    changed = sum(int((p.detach() != initial[n]).sum()) for n, p in adapters.named_parameters())
+    changed = sum(int((p.detach() != initial[n]).sum()) for n, p in adapters.trainable().items())
     adapter = run_dir / ADAPTER_DIR / "adapter.safetensors"
     train_m = metrics.get("train") or {}
     return {

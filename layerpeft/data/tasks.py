@@ -6,6 +6,11 @@ every test set loses the questions whose instruction also occurs in the training
 HLPT paper's protocol: SVAMP 200, AQuA 51, AddSub 79, MultiArith 109, SingleEq 102, GSM8K
 264). ``source: synthetic`` generates the examples in code. Files listed under ``optional``
 that are absent are reported in ``Task.missing`` (and metrics.json) instead of failing the run.
+
+``data.val_size`` examples of the training pool form a validation set (the loss curves of the
+HLPT paper's Fig. 4): drawn from what ``data.train_size`` left out, so the training subset
+is the same with or without validation; carved out of the pool when the whole pool trains
+(LLM-Adapters' ``val_set_size``). Synthetic tasks generate their validation problems.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class Task:
     train: list[dict[str, Any]]
     evals: dict[str, list[dict[str, Any]]]
     missing: dict[str, str] = field(default_factory=dict)  # eval set → why it is absent
+    val: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _plain(cfg: Any) -> dict:
@@ -45,36 +51,60 @@ def subsample(examples: list, size: int | None, seed: int) -> list:
 
 def load_task(dataset_cfg: Any, data_cfg: Any) -> Task:
     d, data = _plain(dataset_cfg), _plain(data_cfg)
+    val_size = int(data.get("val_size") or 0)
+    if val_size < 0:
+        raise DataError(f"data.val_size={val_size} must be >= 0")
     source = d.get("source")
     if source not in SOURCES:
         raise DataError(f"dataset {d.get('name')!r}: source {source!r} is not one of {', '.join(SOURCES)}")
     if source == "synthetic":
         s = d["synthetic"]
-        every = synthetic_math(s["n_train"] + s["n_eval"], s["seed"])
-        train, evals, missing = every[: s["n_train"]], {"synthetic": every[s["n_train"] :]}, {}
-    else:
-        root = data_dir(data.get("dir"))
-        optional = set(d.get("optional") or [])
-        evals, missing = {}, {}
-        train = []
-        for rel in [d["train"]] if isinstance(d.get("train"), str) else (d.get("train") or []):
-            if not (root / rel).is_file() and rel in optional:
-                missing[f"train:{rel}"] = f"{root / rel} not found"
-                continue
-            train += read_examples(root / rel)
-        if d.get("train_sample"):  # a fixed mixture drawn from the files (commonsense_15k-like)
-            train = subsample(train, int(d["train_sample"]), int(d.get("train_sample_seed", 42)))
-        seen = {ex["instruction"].strip() for ex in train}
-        for name, rel in d["eval_sets"].items():
-            path = root / rel
-            if not path.is_file() and name in optional:
-                missing[name] = f"{path} not found"
-                continue
-            items = read_examples(path, need_answer=True)
-            if d.get("holdout"):
-                items = [ex for ex in items if ex["instruction"].strip() not in seen]
-            evals[name] = items
-        if not evals:
-            raise DataError(f"dataset {d['name']!r}: none of its evaluation files exist under {root}")
-    train = subsample(train, data.get("train_size"), int(data.get("seed", 42)))
-    return Task(name=d["name"], train=train, evals=evals, missing=missing)
+        # Validation problems are generated beyond the training and test ones.
+        n, n_eval = s["n_train"], s["n_eval"]
+        every = synthetic_math(n + n_eval + val_size, s["seed"])
+        train, evals, missing = every[:n], {"synthetic": every[n : n + n_eval]}, {}
+        train = subsample(train, data.get("train_size"), int(data.get("seed", 42)))
+        return Task(name=d["name"], train=train, evals=evals, missing=missing, val=every[n + n_eval :])
+    root = data_dir(data.get("dir"))
+    optional = set(d.get("optional") or [])
+    evals, missing = {}, {}
+    train = []
+    for rel in [d["train"]] if isinstance(d.get("train"), str) else (d.get("train") or []):
+        if not (root / rel).is_file() and rel in optional:
+            missing[f"train:{rel}"] = f"{root / rel} not found"
+            continue
+        train += read_examples(root / rel)
+    if d.get("train_sample"):  # a fixed mixture drawn from the files (commonsense_15k-like)
+        train = subsample(train, int(d["train_sample"]), int(d.get("train_sample_seed", 42)))
+    seen = {ex["instruction"].strip() for ex in train}
+    for name, rel in d["eval_sets"].items():
+        path = root / rel
+        if not path.is_file() and name in optional:
+            missing[name] = f"{path} not found"
+            continue
+        items = read_examples(path, need_answer=True)
+        if d.get("holdout"):
+            items = [ex for ex in items if ex["instruction"].strip() not in seen]
+        evals[name] = items
+    if not evals:
+        raise DataError(f"dataset {d['name']!r}: none of its evaluation files exist under {root}")
+    train, val = split_train_val(train, data.get("train_size"), val_size, int(data.get("seed", 42)))
+    return Task(name=d["name"], train=train, evals=evals, missing=missing, val=val)
+
+
+def split_train_val(pool: list, train_size: int | None, val_size: int, seed: int) -> tuple[list, list]:
+    """Training subset (``subsample(pool, train_size, seed)``) and a disjoint validation set."""
+    train = subsample(pool, train_size, seed)
+    if not val_size:
+        return train, []
+    if train_size is not None and train_size < len(pool):  # from what the subset left out
+        chosen = {id(ex) for ex in train}
+        rest = [ex for ex in pool if id(ex) not in chosen]
+        if val_size > len(rest):
+            raise DataError(f"data.val_size={val_size} exceeds the {len(rest)} examples data.train_size={train_size} leaves")
+        return train, subsample(rest, val_size, seed + 1)
+    if val_size >= len(pool):
+        raise DataError(f"data.val_size={val_size} leaves nothing to train on (the pool has {len(pool)} examples)")
+    val = subsample(pool, val_size, seed + 1)
+    held = {id(ex) for ex in val}
+    return [ex for ex in train if id(ex) not in held], val

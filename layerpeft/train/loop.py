@@ -101,8 +101,25 @@ def _loss(model, batch, dev: Device) -> torch.Tensor:
         return model(**batch).loss
 
 
-def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, dev: Device, tracker) -> dict[str, Any]:
-    """Train the model's adapters in place; returns the ``train`` block of metrics.json."""
+@torch.no_grad()
+def validation_loss(model, batches: list[dict[str, torch.Tensor]], dev: Device) -> float:
+    """Mean loss per predicted token over ``batches`` (the model is left in training mode)."""
+    model.eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        total += _loss(model, batch, dev).item() * n
+        count += n
+    model.train()
+    return total / max(count, 1)
+
+
+def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, dev: Device, tracker,
+          val: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Train the model's adapters in place; returns the ``train`` block of metrics.json.
+
+    With ``val`` examples, the validation loss is measured at the end of every epoch.
+    """
     t_cfg, d_cfg = cfg.train, cfg.data
     if t_cfg.batch_size % t_cfg.micro_batch_size:
         raise ValueError(
@@ -112,6 +129,10 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
     if not data:
         raise ValueError("the training set is empty")
     steps_per_epoch = math.ceil(len(data) / t_cfg.batch_size)
+    val_data = [tokenize_example(tokenizer, ex, d_cfg.cutoff_len, d_cfg.train_on_inputs) for ex in val or []]
+    val_batches = [{k: v.to(dev.device) for k, v in collate(val_data[i : i + t_cfg.micro_batch_size],
+                                                              tokenizer.pad_token_id).items()}
+                   for i in range(0, len(val_data), t_cfg.micro_batch_size)]
     total = int(t_cfg.max_steps) if t_cfg.max_steps else int(t_cfg.epochs) * steps_per_epoch
     params = [p for p in model.parameters() if p.requires_grad]
     lr = resolve_lr(cfg)
@@ -122,11 +143,12 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
     scheduler = SCHEDULES[schedule](optimizer, int(recipe(cfg, "warmup_steps")), total)
 
     ist = make_ist(model, cfg)
-    step, history, tokens, wall = 0, [], 0, 0.0
+    step, history, val_history, tokens, wall = 0, [], [], 0, 0.0
     resume_from = latest_checkpoint(run_dir) if t_cfg.resume else None
     if resume_from is not None:
         state = load_checkpoint(resume_from, model, optimizer)
         step, history, tokens, wall = state["step"], state["loss_history"], state["tokens"], state["wall_s"]
+        val_history = state.get("val_history", [])
         if ist is not None:
             ist.load(state["ist"], state["tensors"])
         for _ in range(step):
@@ -181,6 +203,10 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
         history.append([step, step_loss])
         bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{step_tokens / dt:.0f}")
         bar.update(1)
+        if val_batches and (step % steps_per_epoch == 0 or step == total):
+            val_loss = validation_loss(model, val_batches, dev)
+            val_history.append([step / steps_per_epoch, val_loss])
+            tracker.log({"val/loss": val_loss}, step=step)
         if step % t_cfg.log_every == 0:
             tracker.log(
                 {"train/loss": step_loss, "train/lr": scheduler.get_last_lr()[0], "train/tokens_per_s": step_tokens / dt,
@@ -197,7 +223,8 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
             ist_json, ist_tensors = ist.state() if ist is not None else (None, None)
             last_ckpt = save_checkpoint(
                 run_dir, model, optimizer,
-                {"step": step, "loss_history": history, "tokens": tokens, "wall_s": wall, "ist": ist_json},
+                {"step": step, "loss_history": history, "val_history": val_history, "tokens": tokens, "wall_s": wall,
+                 "ist": ist_json},
                 ist_tensors,
             )
     bar.close()
@@ -215,5 +242,7 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
         "schedule": schedule,
         "weight_decay": float(recipe(cfg, "weight_decay")),
         "warmup_steps": int(recipe(cfg, "warmup_steps")),
+        "steps_per_epoch": steps_per_epoch,
         "loss_history": history,
+        "val_loss_history": val_history,  # [epoch (fractional at the end of a max_steps run), loss]
     }
