@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 from conftest import REPO
+from layerpeft.report.figures import convergence, epoch_losses, ist_heatmaps, sweep_series
+from layerpeft.report.tables import collect_runs, relative_rows
 
 EXE = str(Path(sys.executable).with_name("layerpeft"))
 
@@ -25,3 +28,68 @@ def test_report_reproduces_the_committed_math_results(tmp_path):
         r = rows[method]
         cells = [f"{float(r[k]):.2f}" for k in ("SVAMP", "AQuA", "AddSub", "MultiArith", "SingleEq", "GSM8K", "Avg.")]
         assert " | ".join(cells) in readme
+
+
+def _run_dir(root: Path, name: str, method: str, segments: list[tuple[int, int]], average: float,
+             overrides: list[str], train: dict | None = None) -> Path:
+    """A finished run directory as `layerpeft train` leaves it (the files `report` reads)."""
+    d = root / name
+    (d / ".hydra").mkdir(parents=True)
+    (d / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (d / "plan.json").write_text(json.dumps({"segments": [{"module": "m", "start": a, "end": b} for a, b in segments]}))
+    metrics = {"status": "ok", "method": method, "average": average, "trainable_params": 1000 * len(name),
+               "datasets": {"SVAMP": {"n": 10, "correct": 1, "accuracy": average}}}
+    if train:
+        metrics["train"] = train
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    return d
+
+
+def _is_png(path: Path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_ratio_sweep_figure_orders_ratios_and_draws_the_reference(tmp_path):
+    runs_dir = tmp_path / "runs"
+    _run_dir(runs_dir, "0", "hlpt", [(0, 23), (23, 30)], 19.0, ["method=hlpt", "layer_ratio=24:8"])
+    _run_dir(runs_dir, "1", "hlpt", [(0, 5), (5, 30)], 15.0, ["method=hlpt", "layer_ratio=5:27"])
+    _run_dir(runs_dir, "2", "hlpt", [(0, 15), (15, 30)], 17.0, ["method=hlpt", "layer_ratio=16:16"])
+    _run_dir(runs_dir, "3", "lora", [(0, 30)], 18.0, ["method=lora"])
+    runs = collect_runs([runs_dir])
+    series, refs = sweep_series(runs)
+    assert series == {"hlpt": [("5:27\n(5:25)", 15.0), ("16:16\n(15:15)", 17.0), ("24:8\n(23:7)", 19.0)]}
+    assert refs == [("lora (all layers)", 18.0)]
+    p = subprocess.run([EXE, "report", str(runs_dir), "--out", str(tmp_path / "out")], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert _is_png(tmp_path / "out" / "ratio_sweep.png")
+
+
+def test_convergence_figure_averages_training_loss_per_epoch(tmp_path):
+    train = {"loss_history": [[1, 4.0], [2, 2.0], [3, 1.0], [4, 0.5]], "steps_per_epoch": 2,
+             "val_loss_history": [[1.0, 2.5], [2.0, 1.5]], "wall_s": 10.0}
+    _run_dir(tmp_path / "runs", "a", "lora", [(0, 30)], 10.0, ["method=lora"], train)
+    (run,) = collect_runs([tmp_path / "runs"])
+    assert epoch_losses(run) == ([(1.0, 3.0), (2.0, 0.75)], [(1.0, 2.5), (2.0, 1.5)])
+    (path,) = convergence([run], tmp_path)
+    assert path.name == "convergence.png" and _is_png(path)
+
+
+def test_ist_heat_map_is_drawn_from_the_run_trajectory(tmp_path):
+    d = _run_dir(tmp_path / "runs", "ist", "lora", [(0, 30)], 10.0, ["method=lora", "ist.enabled=true"])
+    trajectory = [{"step": s, "importance": [float(s * i) for i in range(30)], "losses": []} for s in (0, 10, 20)]
+    (d / "ist.json").write_text(json.dumps({"layers": list(range(30)), "policy": "importance", "trajectory": trajectory}))
+    paths = ist_heatmaps(collect_runs([tmp_path / "runs"]), tmp_path)
+    assert [p.name for p in paths] == ["ist_importance_ist.png"] and _is_png(paths[0])
+
+
+def test_relative_table_compares_with_the_baseline(tmp_path):
+    _run_dir(tmp_path / "runs", "lora", "lora", [(0, 30)], 20.0, ["method=lora"], {"wall_s": 100.0})
+    _run_dir(tmp_path / "runs", "hlpt_x", "hlpt", [(0, 23), (23, 30)], 22.5, ["method=hlpt"], {"wall_s": 80.0})
+    header, rows = relative_rows(collect_runs([tmp_path / "runs"]), "lora")
+    by_method = {r[1]: dict(zip(header, r)) for r in rows}
+    assert by_method["hlpt"]["params (×ref)"] == 1.5 and by_method["hlpt"]["time (×ref)"] == 0.8
+    assert by_method["hlpt"]["Δ Avg."] == 2.5 and by_method["lora"]["Δ Avg."] == 0.0
+    p = subprocess.run([EXE, "report", str(tmp_path / "runs"), "--relative", "--baseline", "nosuch"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "no run is labelled 'nosuch'" in p.stdout

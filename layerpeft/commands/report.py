@@ -1,11 +1,12 @@
-"""``layerpeft report DIR…``: one table row per run (e.g. per ratio of a sweep) as markdown + CSV."""
+"""``layerpeft report DIR…``: one table row per run (e.g. per ratio of a sweep) as markdown + CSV,
+and with ``--out`` the figures the runs support (ratio sweep, loss per epoch, IST heat maps)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from layerpeft.report.tables import collect_runs, csv_text, efficiency_rows, markdown, table_rows
+from layerpeft.report.tables import collect_runs, csv_text, efficiency_rows, markdown, relative_rows, table_rows
 
 
 def main(argv: list[str]) -> int:
@@ -14,8 +15,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--out", type=Path, default=None, help="write report.md and report.csv here")
     ap.add_argument("--efficiency", action="store_true",
                     help="the PEFT survey's efficiency table (params, memory, throughput, adapter size)")
+    ap.add_argument("--relative", action="store_true",
+                    help="parameters, training time and accuracy relative to --baseline (HLPT Table 5)")
     ap.add_argument("--baseline", default=None,
-                    help="run label or method that --efficiency is relative to (default: a `full` run)")
+                    help="run label, directory name or method that --efficiency/--relative compare with "
+                         "(--efficiency default: a `full` run)")
     args = ap.parse_args(argv)
     try:
         runs = collect_runs(args.dirs)
@@ -25,12 +29,27 @@ def main(argv: list[str]) -> int:
     if not runs:
         print(f"layerpeft report: error: no run directories (with metrics.json) under {' '.join(args.dirs)}")
         return 2
-    header, rows = efficiency_rows(runs, args.baseline) if args.efficiency else table_rows(runs)
+    if args.relative and not args.baseline:
+        print("layerpeft report: error: --relative needs --baseline RUN_OR_METHOD")
+        return 2
+    try:
+        if args.efficiency:
+            header, rows = efficiency_rows(runs, args.baseline)
+        elif args.relative:
+            header, rows = relative_rows(runs, args.baseline)
+        else:
+            header, rows = table_rows(runs)
+    except ValueError as e:
+        print(f"layerpeft report: error: {e}")
+        return 2
     md, csv_ = markdown(header, rows), csv_text(header, rows)
     print(md)
     if args.out:
+        from layerpeft.report.figures import all_figures
+
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "report.md").write_text(md + "\n")
         (args.out / "report.csv").write_text(csv_)
-        print(f"wrote {args.out / 'report.md'} and {args.out / 'report.csv'}")
+        written = [args.out / "report.md", args.out / "report.csv", *all_figures(runs, args.out)]
+        print("wrote " + ", ".join(str(p) for p in written))
     return 0

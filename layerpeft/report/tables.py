@@ -20,6 +20,12 @@ class Run:
     label: str
     metrics: dict[str, Any]
     segments: str
+    overrides: list[str]
+
+
+#: Overrides that change where or how fast a run goes, not what it computes: left out of labels.
+COSMETIC = ("hydra.", "data.dir=", "logger=", "train.save_steps=", "train.resume=", "train.device=",
+            "train.log_every=", "eval.batch_size=")
 
 
 def _overrides(run_dir: Path) -> list[str]:
@@ -42,7 +48,8 @@ def collect_runs(paths: list[str | Path]) -> list[Run]:
     """Every run directory (one with metrics.json) at or below ``paths``, in path order.
 
     A run's label is what distinguishes it: the overrides it does not share with all the
-    other runs collected (in a ratio sweep, ``layer_ratio=…``), else its directory name.
+    other runs collected (in a ratio sweep, ``layer_ratio=…``; ``COSMETIC`` ones aside),
+    else its directory name.
     """
     dirs = []
     for root in map(Path, paths):
@@ -54,8 +61,8 @@ def collect_runs(paths: list[str | Path]) -> list[Run]:
     common = set.intersection(*(set(o) for o in overrides.values())) if len(dirs) > 1 else set()
     runs = []
     for d in dirs:
-        distinct = [o for o in overrides[d] if o not in common]
-        runs.append(Run(d, " ".join(distinct) or d.name, read_metrics(d), _segments(d)))
+        distinct = [o for o in overrides[d] if o not in common and not o.startswith(COSMETIC)]
+        runs.append(Run(d, " ".join(distinct) or d.name, read_metrics(d), _segments(d), overrides[d]))
     return runs
 
 
@@ -101,10 +108,33 @@ def csv_text(header: list[str], rows: list[list[Any]]) -> str:
 
 def accuracy_table(labelled: list[tuple[str, dict[str, Any]]]) -> str:
     """Markdown accuracy table for (label, metrics) pairs — the end-of-run summary."""
-    runs = [Run(Path(label), label, m, "") for label, m in labelled]
+    runs = [Run(Path(label), label, m, "", []) for label, m in labelled]
     header, rows = table_rows(runs)
     keep = [i for i, h in enumerate(header) if h not in ("layers", "status")]
     return markdown([header[i] for i in keep], [[r[i] for i in keep] for r in rows])
+
+
+def find_baseline(runs: list[Run], baseline: str) -> Run:
+    """The run whose label, directory name or method is ``baseline``."""
+    for r in runs:
+        if baseline in (r.label, r.path.name, r.metrics.get("method")):
+            return r
+    raise ValueError(f"no run is labelled {baseline!r} or has that method; runs: {', '.join(r.label for r in runs)}")
+
+
+def relative_rows(runs: list[Run], baseline: str) -> tuple[list[str], list[list[Any]]]:
+    """HLPT Table 5's layout: parameters, training time and accuracy beside a baseline run's."""
+    ref = find_baseline(runs, baseline).metrics
+    ref_params, ref_time = ref.get("trainable_params"), (ref.get("train") or {}).get("wall_s")
+    header = ["run", "method", "trainable params", "params (×ref)", "train time s", "time (×ref)", "Avg.", "Δ Avg."]
+    rows = []
+    for r in runs:
+        m = r.metrics
+        params, time_s, avg = m.get("trainable_params"), (m.get("train") or {}).get("wall_s"), m.get("average")
+        rows.append([r.label, m.get("method"), params, params / ref_params if params and ref_params else None,
+                     time_s, time_s / ref_time if time_s and ref_time else None, avg,
+                     avg - ref["average"] if avg is not None and ref.get("average") is not None else None])
+    return header, rows
 
 
 EFFICIENCY_COLUMNS = [
@@ -120,10 +150,10 @@ def efficiency_rows(runs: list[Run], baseline: str | None = None) -> tuple[list[
     ``baseline`` (a run label or method name; default: a ``full`` fine-tuning run if present),
     memory and throughput also relative to that run."""
     ref = None
-    for r in runs:
-        if r.label == baseline or r.metrics.get("method") == (baseline or "full"):
-            ref = r.metrics.get("efficiency")
-            break
+    if baseline is not None:
+        ref = find_baseline(runs, baseline).metrics.get("efficiency")
+    else:
+        ref = next((r.metrics.get("efficiency") for r in runs if r.metrics.get("method") == "full"), None)
     header = ["run", "method", "score (Avg.)"] + [h for _, h in EFFICIENCY_COLUMNS]
     if ref:
         header += [f"{k.replace('_', ' ')} (×ref)" for k in RELATIVE]

@@ -1,0 +1,154 @@
+"""Report figures as PNG: the ratio sweep (HLPT Fig. 2a), loss per epoch (HLPT Fig. 4) and the
+IST importance heat map (IST Fig. 4).
+
+Each function takes collected runs, draws only what they contain and returns the paths it
+wrote (none when the runs hold nothing for that figure), so ``layerpeft report --out`` can
+call all of them on any set of run directories.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+
+from layerpeft.report.tables import Run  # noqa: E402
+from layerpeft.rundir import IST_FILE  # noqa: E402
+
+
+def _requested_ratio(run: Run) -> str | None:
+    for o in run.overrides:
+        if o.startswith("layer_ratio="):
+            return o.split("=", 1)[1]
+    return None
+
+
+def sweep_series(runs: list[Run]) -> tuple[dict[str, list[tuple[str, float]]], list[tuple[str, float]]]:
+    """Points of the ratio figure: per method, (ratio label, average) ordered by the bottom
+    part; and the reference lines, (label, average) of runs whose plan has one segment."""
+    swept = [r for r in runs if r.metrics.get("average") is not None and len(r.segments.split(":")) >= 2]
+    series: dict[str, list[tuple[str, float]]] = {}
+    for r in sorted(swept, key=lambda r: [int(x) for x in r.segments.split(":")]):
+        asked = _requested_ratio(r)
+        label = r.segments if not asked or asked == r.segments else f"{asked}\n({r.segments})"
+        series.setdefault(r.metrics.get("method"), []).append((label, r.metrics["average"]))
+    refs = [(f"{r.metrics.get('method')} (all layers)", r.metrics["average"]) for r in runs
+            if r.metrics.get("average") is not None and r.segments and ":" not in r.segments]
+    return series, refs
+
+
+def ratio_sweep(runs: list[Run], out: Path) -> list[Path]:
+    """Average accuracy against the bottom:top ratio, one line per method (HLPT Fig. 2a), with
+    single-segment runs (LoRA on every layer, …) as horizontal reference lines."""
+    series, refs = sweep_series(runs)
+    if sum(len(points) for points in series.values()) < 2:
+        return []
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ticks: dict[str, int] = {}
+    for method, points in sorted(series.items()):
+        for label, _ in points:
+            ticks.setdefault(label, len(ticks))
+        ax.plot([ticks[label] for label, _ in points], [avg for _, avg in points], marker="o", label=method)
+    for i, (label, avg) in enumerate(refs):
+        ax.axhline(avg, linestyle="--", color=f"C{len(series) + i}", label=label)
+    ax.set_xticks(list(ticks.values()), list(ticks))
+    ax.set_xlabel("bottom:top layers (requested, and as placed on this model)")
+    ax.set_ylabel("average accuracy (%)")
+    ax.set_title("Accuracy against the bottom:top layer ratio")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = out / "ratio_sweep.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
+
+
+def epoch_losses(run: Run) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """(epoch, mean training loss) per epoch and (epoch, validation loss) points of a run."""
+    train = run.metrics.get("train") or {}
+    history = train.get("loss_history") or []
+    if not history:
+        return [], []
+    per_epoch = train.get("steps_per_epoch") or _steps_per_epoch_from_config(run, len(history))
+    epochs: dict[int, list[float]] = {}
+    for step, loss in history:
+        epochs.setdefault(math.ceil(step / per_epoch), []).append(loss)
+    mean = [(float(e), sum(v) / len(v)) for e, v in sorted(epochs.items())]
+    return mean, [(float(e), float(v)) for e, v in train.get("val_loss_history") or []]
+
+
+def _steps_per_epoch_from_config(run: Run, steps: int) -> int:
+    """Runs from before ``steps_per_epoch`` was recorded: steps / configured epochs."""
+    from omegaconf import OmegaConf
+
+    config = run.path / "config.yaml"
+    epochs = OmegaConf.load(config).train.epochs if config.is_file() else 1
+    return max(1, math.ceil(steps / int(epochs)))
+
+
+def convergence(runs: list[Run], out: Path) -> list[Path]:
+    """Training (solid) and validation (dashed) loss per epoch, one colour per run."""
+    curves = [(r, *epoch_losses(r)) for r in runs]
+    curves = [c for c in curves if c[1]]
+    if not curves:
+        return []
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, (r, train, val) in enumerate(curves):
+        color = f"C{i % 10}"
+        ax.plot(*zip(*train), marker="o", color=color, label=f"{r.label} train")
+        if val:
+            ax.plot(*zip(*val), marker="s", linestyle="--", color=color, label=f"{r.label} validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (mean per epoch)")
+    ax.set_title("Training and validation loss per epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="upper right")
+    fig.tight_layout()
+    path = out / "convergence.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
+
+
+def ist_heatmaps(runs: list[Run], out: Path) -> list[Path]:
+    """For every IST run: importance of each layer (rows) after each probe step (columns)."""
+    paths = []
+    for r in runs:
+        f = r.path / IST_FILE
+        if not f.is_file():
+            continue
+        ist = json.loads(f.read_text())
+        trajectory = ist.get("trajectory") or []
+        if not trajectory:
+            continue
+        layers = ist["layers"]
+        grid = [[point["importance"][i] for point in trajectory] for i in range(len(layers))]
+        steps = [point["step"] for point in trajectory]
+        fig, ax = plt.subplots(figsize=(8, max(3.0, 0.18 * len(layers) + 1.5)))
+        im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest")
+        every = max(1, len(steps) // 10)
+        ax.set_xticks(range(0, len(steps), every), [str(s) for s in steps[::every]])
+        every = max(1, len(layers) // 15)
+        ax.set_yticks(range(0, len(layers), every), [str(x) for x in layers[::every]])
+        ax.set_xlabel("optimizer step (importance update)")
+        ax.set_ylabel("layer")
+        ax.set_title(f"IST layer importance ({ist.get('policy', 'importance')} policy): {r.label}")
+        fig.colorbar(im, ax=ax, label="importance score")
+        fig.tight_layout()
+        path = out / f"ist_importance_{r.path.name}.png"  # run directory names are unique and safe
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def all_figures(runs: list[Run], out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    return ratio_sweep(runs, out) + convergence(runs, out) + ist_heatmaps(runs, out)
