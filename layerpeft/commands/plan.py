@@ -64,7 +64,10 @@ def format_table(summary: dict[str, Any]) -> str:
     for i, (mods, n) in enumerate(zip(summary["layers"], summary["layer_params"])):
         rows.append(f"{i:>5}  {', '.join(mods) or '-':<24} {n:>12,}")
     if summary["shared_params"]:
-        rows.append(f"{'tied':>5}  {'shared across layers':<24} {summary['shared_params']:>12,}")
+        rows.append(f"{'tied':>5}  {'shared by the layers':<24} {summary['shared_params']:>12,}")
+    outside = summary["trainable_params"] - summary["shared_params"] - sum(summary["layer_params"])
+    if outside:  # full fine-tuning's embeddings, final norm and LM head
+        rows.append(f"{'model':>5}  {'outside the layers':<24} {outside:>12,}")
     rows.extend(summary["notes"])
     rows.append(
         f"model {summary['model']}, method {summary['method']}: "

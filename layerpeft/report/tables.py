@@ -87,9 +87,12 @@ def table_rows(runs: list[Run]) -> tuple[list[str], list[list[Any]]]:
     for r in runs:
         m = r.metrics
         accs = [((m.get("datasets") or {}).get(d) or {}).get("accuracy") for d in datasets]
-        rows.append([r.label, m.get("method"), r.segments, *accs, m.get("average"),
-                     m.get("trainable_params"), m.get("status", "ok") if m.get("status") != "failed" else f"failed: {m.get('error')}"])
+        rows.append([r.label, m.get("method"), r.segments, *accs, m.get("average"), m.get("trainable_params"), _status(m)])
     return header, rows
+
+
+def _status(metrics: dict[str, Any]) -> str:
+    return f"failed: {metrics.get('error')}" if metrics.get("status") == "failed" else metrics.get("status", "ok")
 
 
 def markdown(header: list[str], rows: list[list[Any]]) -> str:
@@ -157,11 +160,12 @@ def efficiency_rows(runs: list[Run], baseline: str | None = None) -> tuple[list[
     header = ["run", "method", "score (Avg.)"] + [h for _, h in EFFICIENCY_COLUMNS]
     if ref:
         header += [f"{k.replace('_', ' ')} (×ref)" for k in RELATIVE]
+    header.append("status")
     rows = []
     for r in runs:
         e = r.metrics.get("efficiency") or {}
         row = [r.label, r.metrics.get("method"), r.metrics.get("average")] + [e.get(k) for k, _ in EFFICIENCY_COLUMNS]
         if ref:
             row += [e[k] / ref[k] if e.get(k) and ref.get(k) else None for k in RELATIVE]
-        rows.append(row)
+        rows.append(row + [_status(r.metrics)])
     return header, rows

@@ -9,6 +9,7 @@ resumed run replays exactly what an uninterrupted one would have done.
 from __future__ import annotations
 
 import math
+import re
 import resource
 import time
 from dataclasses import dataclass
@@ -90,10 +91,28 @@ def make_ist(model, cfg) -> IST | None:
     return IST(get_adapters(model), ist_cfg, mu)
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start measuring peak memory now: CUDA's allocator peak, or on Linux the process's peak
+    resident set (VmHWM, reset through /proc/self/clear_refs), so that jobs of an in-process
+    sweep do not inherit the peaks of the jobs before them."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux, or not allowed: peak_memory_mb falls back to the lifetime peak
+
+
 def peak_memory_mb(device: torch.device) -> float:
+    """Peak since ``reset_peak_memory``: allocated CUDA memory, or resident memory on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+)\s+kB", status).group(1)) / 1024
+    except (OSError, AttributeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def _loss(model, batch, dev: Device) -> torch.Tensor:
@@ -155,8 +174,7 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
             scheduler.step()
         print(f"resumed from {resume_from} at step {step}/{total}")
 
-    if dev.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev.device)
+    reset_peak_memory(dev.device)
     model.train()
     bar = tqdm(total=total, initial=step, desc="train", dynamic_ncols=True)
     last_ckpt = resume_from
