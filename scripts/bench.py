@@ -11,10 +11,10 @@
         time per optimizer step (IST's probes included) and peak memory of the steps (RSS growth
         over the loaded model), with and without IST, same batch, alternating processes.
     python scripts/bench.py efficiency --model smollm2_135m --out outputs/efficiency
-        the PEFT survey's efficiency table: every method (default: every conf/method except
-        none) trained for a few optimizer steps and evaluated on a few problems, each by the real
-        `layerpeft train` in its own process, then `layerpeft report --efficiency` relative to
-        full fine-tuning. The score after so few steps is not an accuracy comparison.
+        the PEFT survey's efficiency table: `layerpeft train +experiment=efficiency` (a few
+        optimizer steps, a few eval problems) for each of its methods, each in its own process
+        (so peak memory is per method), then `layerpeft report --efficiency` relative to full
+        fine-tuning. The score after so few steps is not an accuracy comparison.
     python scripts/bench.py eval --model smollm2_135m --n 8 --max-new-tokens 32
         layerpeft's evaluation (batched, left-padded, greedy, KV cache) vs the LLM-Adapters
         protocol (one prompt at a time, 4 beams, no KV cache) on the same prompts.
@@ -206,33 +206,33 @@ def bench_eval(args) -> dict:
 
 
 def bench_efficiency(args) -> dict:
+    """``+experiment=efficiency`` (its settings and method list), one process per method."""
     from pathlib import Path
+
+    from omegaconf import OmegaConf
 
     from layerpeft.config import CONF_DIR
     from layerpeft.report.tables import collect_runs, efficiency_rows, markdown
 
-    methods = args.methods.split(",") if args.methods else sorted(
-        p.stem for p in (Path(CONF_DIR) / "method").glob("*.yaml") if p.stem != "none")
+    experiment = OmegaConf.load(Path(CONF_DIR) / "experiment" / "efficiency.yaml")
+    methods = (args.methods or experiment.hydra.sweeper.params.method).split(",")
     out = Path(args.out)
     exe = str(Path(sys.executable).with_name("layerpeft"))
     for method in methods:
         run_dir = out / method
-        cmd = [exe, "train", f"model={args.model}", f"method={method}", "dataset=math", f"data.dir={args.data_dir}",
-               f"data.train_size={args.train_size}", "data.val_size=0", f"train.max_steps={args.steps}",
-               f"train.batch_size={args.batch}", f"train.micro_batch_size={args.batch}",
-               f"train.precision={args.precision}", f"eval.limit={args.eval_limit}",
-               f"eval.max_new_tokens={args.max_new_tokens}", "logger=none", f"hydra.run.dir={run_dir}"]
+        cmd = [exe, "train", "+experiment=efficiency", f"model={args.model}", f"method={method}",
+               f"data.dir={args.data_dir}", f"train.precision={args.precision}", "logger=none",
+               f"hydra.run.dir={run_dir}"]
         p = subprocess.run(cmd, capture_output=True, text=True)
-        status = "ok" if p.returncode == 0 else f"failed: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode}"
-        print(f"{method}: {status}", file=sys.stderr)
-        if p.returncode != 0:  # keep the reason beside the other runs (e.g. bitfit on a bias-free model)
+        error = (p.stderr.strip().splitlines() or [f"exit status {p.returncode}"])[-1] if p.returncode else None
+        print(f"{method}: {'failed: ' + error if error else 'ok'}", file=sys.stderr)
+        if error:  # keep the reason beside the other runs (e.g. bitfit on a bias-free model)
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "metrics.json").write_text(json.dumps({"status": "failed", "method": method, "error": status}))
-    runs = collect_runs([out])
-    header, rows = efficiency_rows(runs, args.baseline)
+            (run_dir / "metrics.json").write_text(json.dumps({"status": "failed", "method": method, "error": error}))
+    header, rows = efficiency_rows(collect_runs([out]), args.baseline)
     print(markdown(header, rows), file=sys.stderr)
-    return {"bench": "efficiency", "model": args.model, "steps": args.steps, "batch": args.batch,
-            "precision": args.precision, "eval_limit": args.eval_limit, "max_new_tokens": args.max_new_tokens,
+    return {"bench": "efficiency", "model": args.model, "precision": args.precision,
+            "settings": OmegaConf.to_container(OmegaConf.masked_copy(experiment, ["data", "train", "eval"])),
             "rows": [dict(zip(header, row)) for row in rows]}
 
 
@@ -261,15 +261,10 @@ def main() -> None:
         p.add_argument("--repeats", type=int, default=3)
     p = sub.add_parser("efficiency")
     p.add_argument("--model", default="smollm2_135m")
-    p.add_argument("--methods", default="", help="comma-separated (default: every method config but none)")
+    p.add_argument("--methods", default="", help="comma-separated (default: the experiment's list)")
     p.add_argument("--out", default="outputs/efficiency")
     p.add_argument("--data-dir", default="../shared/data")
-    p.add_argument("--train-size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--batch", type=int, default=4)
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
-    p.add_argument("--eval-limit", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--baseline", default=None, help="method the ratios are relative to (default: full)")
     p = sub.add_parser("eval")
     p.add_argument("--model", default="smollm2_135m")

@@ -16,7 +16,7 @@ PROMPTS = [prompt_text(q) for q in ("Add 2 and 3.", "Ben has 14 marbles and give
                                     "x", "Multiply 7 by 8, then subtract 5.")]
 
 
-@pytest.mark.parametrize("case", ["lora", "hlpt", "prefix", "h2lpt", "para"])
+@pytest.mark.parametrize("case", ["lora", "hlpt", "prefix", "h2lpt", "para", "prompt_tuning"])
 def test_batched_generation_equals_single_prompt_generation(case):
     cfg = case_cfg("tiny", case)
     model, tok = load_model(cfg.model)
