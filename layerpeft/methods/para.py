@@ -66,10 +66,11 @@ class PARA(AdapterModule):
         handles = [layer.register_forward_pre_hook(self._generate, with_kwargs=True)]
         for role in self.sizes:
             def hook(_mod, _args, out, role=role):
-                if self.response_scale == 0.0:
+                s = self.response_scale
+                if s == 0.0:
                     return out
-                vec = 1.0 + self.response_scale * (self._vectors[role] - 1.0)
-                return out * vec.unsqueeze(1).to(out.dtype)
+                vec = self._vectors[role] if s == 1.0 else 1.0 + s * (self._vectors[role] - 1.0)
+                return out * vec.unsqueeze(1).to(out.dtype)  # one product per decoded token
 
             handles.append(self.target(layer, role).register_forward_hook(hook))
         return handles
