@@ -8,8 +8,9 @@
         PARA paper Table 4 protocol: a ~274-token prompt, 32 new tokens, beam sizes 1 and 3,
         adapters not merged, repeated runs; each method in its own process (peak RSS per method).
     python scripts/bench.py ist --model smollm2_135m --method lora
-        time per optimizer step (IST's probes included) and peak memory of the steps (RSS growth
-        over the loaded model), with and without IST, same batch, alternating processes.
+        time per optimizer step (IST's probes included: 10 timed steps hold one importance
+        update) and peak memory of the steps (RSS growth over the loaded model), with and
+        without IST, same batch, alternating processes.
     python scripts/bench.py efficiency --model smollm2_135m --out outputs/efficiency
         the PEFT survey's efficiency table: `layerpeft train +experiment=efficiency` (a few
         optimizer steps, a few eval problems) for each of its methods, each in its own process
@@ -245,7 +246,8 @@ def main() -> None:
         p.add_argument("--method", default="lora")
         p.add_argument("--baseline", default="peft", choices=["peft"])
         p.add_argument("--impl", default="ours", choices=["ours", "peft"])
-        p.add_argument("--steps", type=int, default=5)
+        # ist: 10 timed steps hold one importance update (interval 10), as training averages it
+        p.add_argument("--steps", type=int, default=10 if name == "ist" else 5)
         p.add_argument("--batch", type=int, default=4)
         p.add_argument("--seq-len", type=int, default=128)
         p.add_argument("--repeats", type=int, default=2)
