@@ -10,7 +10,8 @@
     python scripts/bench.py ist --model smollm2_135m --method lora
         time per optimizer step (IST's probes included: 10 timed steps hold one importance
         update) and peak memory of the steps (RSS growth over the loaded model), with and
-        without IST, same batch, alternating processes.
+        without IST, same batch, alternating processes. A step is the training loop's: batch 16
+        accumulated from micro-batches of 4, the probes on the first micro-batch.
     python scripts/bench.py efficiency --model smollm2_135m --out outputs/efficiency
         the PEFT survey's efficiency table: `layerpeft train +experiment=efficiency` (a few
         optimizer steps, a few eval problems) for each of its methods, each in its own process
@@ -66,21 +67,24 @@ def train_worker(args) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=3e-4)
     ids = torch.randint(10, model.config.vocab_size, (args.batch, args.seq_len))
+    micro = ids.split(args.micro_batch or args.batch)
     autocast = args.dtype == "bf16"
 
-    def loss_of():
+    def loss_of(batch):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            return model(input_ids=ids, labels=ids).loss
+            return model(input_ids=batch, labels=batch).loss
 
     count = [0]
 
     def step():
-        if ist is not None:  # as in the training loop: probes every interval, then a selection
-            ist.probe(count[0], loss_of)
+        """One optimizer step as the training loop takes it: IST's probes (every interval, on
+        the first micro-batch) and selection, then the accumulated micro-batches."""
+        if ist is not None:
+            ist.probe(count[0], lambda: loss_of(micro[0]))
             ist.select()
         count[0] += 1
-        loss = loss_of()
-        loss.backward()
+        for batch in micro:
+            (loss_of(batch) / len(micro)).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -104,7 +108,8 @@ def _rss_mb() -> float:
 def _worker(args, impl: str, ist: bool) -> dict:
     cmd = [sys.executable, __file__, "_train_worker", "--impl", impl, "--model", args.model,
            "--method", args.method, "--steps", str(args.steps), "--batch", str(args.batch),
-           "--seq-len", str(args.seq_len), "--dtype", args.dtype] + (["--ist"] if ist else [])
+           "--micro-batch", str(args.micro_batch), "--seq-len", str(args.seq_len),
+           "--dtype", args.dtype] + (["--ist"] if ist else [])
     return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
 
 
@@ -116,6 +121,7 @@ def bench_ist(args) -> dict:
     med = {k: {m: statistics.median(r[m] for r in v) for m in ("step_s", "step_peak_mb", "peak_mb")}
            for k, v in runs.items()}
     return {"bench": "ist", "model": args.model, "method": args.method, "batch": args.batch,
+            "micro_batch": args.micro_batch,
             "seq_len": args.seq_len, "steps": args.steps, "dtype": args.dtype, "repeats": args.repeats,
             "plain": med["plain"], "ist": med["ist"],
             "mem_ratio": med["ist"]["step_peak_mb"] / med["plain"]["step_peak_mb"],
@@ -248,7 +254,8 @@ def main() -> None:
         p.add_argument("--impl", default="ours", choices=["ours", "peft"])
         # ist: 10 timed steps hold one importance update (interval 10), as training averages it
         p.add_argument("--steps", type=int, default=10 if name == "ist" else 5)
-        p.add_argument("--batch", type=int, default=4)
+        p.add_argument("--batch", type=int, default=16 if name == "ist" else 4)
+        p.add_argument("--micro-batch", type=int, default=4, help="gradient accumulation as in training")
         p.add_argument("--seq-len", type=int, default=128)
         p.add_argument("--repeats", type=int, default=2)
         p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
