@@ -45,7 +45,7 @@ def test_validation_set_is_disjoint_and_leaves_the_training_subset_unchanged():
     assert not {e["instruction"] for e in task.val} & {e["instruction"] for e in task.train}
     whole = load_task(*_parts(compose("train", ["dataset=math", f"data.dir={SHARED_DATA}"])))
     assert len(whole.train) + len(whole.val) == 3260  # carved out of the whole file
-    with pytest.raises(DataError, match="data.val_size=3000 exceeds the 2260 examples"):
+    with pytest.raises(DataError, match=r"data.val_size=3000 exceeds the 22\d\d examples left outside the training set"):
         load_task(*_parts(compose("train", [*base, "data.val_size=3000"])))
 
 
@@ -134,7 +134,8 @@ def test_prepare_data_from_a_local_copy(tmp_path):
 def test_commonsense_suite_reports_hellaswag_missing():
     cfg = compose("train", ["dataset=commonsense", f"data.dir={SHARED_DATA}"])
     task = load_task(cfg.dataset, cfg.data)
-    assert len(task.train) == 15000
+    assert len(task.train) == 15000 and len(task.val) == 120  # validation from outside the 15k mixture
+    assert not {e["instruction"] for e in task.val} & {e["instruction"] for e in task.train}
     assert set(task.evals) == {"boolq", "piqa", "social_i_qa", "winogrande", "ARC-Challenge", "ARC-Easy", "openbookqa"}
     assert len(task.evals["boolq"]) == 3270 and len(task.evals["openbookqa"]) == 500
     assert set(task.missing) == {"hellaswag", "train:commonsense/hellaswag_train.json"}

@@ -7,10 +7,10 @@ HLPT paper's protocol: SVAMP 200, AQuA 51, AddSub 79, MultiArith 109, SingleEq 1
 264). ``source: synthetic`` generates the examples in code. Files listed under ``optional``
 that are absent are reported in ``Task.missing`` (and metrics.json) instead of failing the run.
 
-``data.val_size`` examples of the training pool form a validation set (the loss curves of the
-HLPT paper's Fig. 4): drawn from what ``data.train_size`` left out, so the training subset
-is the same with or without validation; carved out of the pool when the whole pool trains
-(LLM-Adapters' ``val_set_size``). Synthetic tasks generate their validation problems.
+``data.val_size`` examples of the training files form a validation set (the loss curves of the
+HLPT paper's Fig. 4): drawn from what ``data.train_size`` (or a ``train_sample`` mixture) left
+out, so the training set is the same with or without validation; carved out of the pool when
+the whole pool trains (LLM-Adapters' ``val_set_size``). Synthetic tasks generate theirs.
 """
 
 from __future__ import annotations
@@ -74,8 +74,11 @@ def load_task(dataset_cfg: Any, data_cfg: Any) -> Task:
             missing[f"train:{rel}"] = f"{root / rel} not found"
             continue
         train += read_examples(root / rel)
+    spare: list = []  # training-file examples outside the pool: validation comes from them first
     if d.get("train_sample"):  # a fixed mixture drawn from the files (commonsense_15k-like)
-        train = subsample(train, int(d["train_sample"]), int(d.get("train_sample_seed", 42)))
+        every = train
+        train = subsample(every, int(d["train_sample"]), int(d.get("train_sample_seed", 42)))
+        spare = _outside(every, train)
     seen = {ex["instruction"].strip() for ex in train}
     for name, rel in d["eval_sets"].items():
         path = root / rel
@@ -88,23 +91,30 @@ def load_task(dataset_cfg: Any, data_cfg: Any) -> Task:
         evals[name] = items
     if not evals:
         raise DataError(f"dataset {d['name']!r}: none of its evaluation files exist under {root}")
-    train, val = split_train_val(train, data.get("train_size"), val_size, int(data.get("seed", 42)))
+    train, val = split_train_val(train, data.get("train_size"), val_size, int(data.get("seed", 42)), spare)
     return Task(name=d["name"], train=train, evals=evals, missing=missing, val=val)
 
 
-def split_train_val(pool: list, train_size: int | None, val_size: int, seed: int) -> tuple[list, list]:
-    """Training subset (``subsample(pool, train_size, seed)``) and a disjoint validation set."""
+def _outside(pool: list, chosen: list) -> list:
+    ids = {id(ex) for ex in chosen}
+    return [ex for ex in pool if id(ex) not in ids]
+
+
+def split_train_val(pool: list, train_size: int | None, val_size: int, seed: int,
+                    spare: list | None = None) -> tuple[list, list]:
+    """Training subset (``subsample(pool, train_size, seed)``) and a disjoint validation set,
+    drawn from what the subset left out of the pool, else from ``spare``, else carved out."""
     train = subsample(pool, train_size, seed)
     if not val_size:
         return train, []
-    if train_size is not None and train_size < len(pool):  # from what the subset left out
-        chosen = {id(ex) for ex in train}
-        rest = [ex for ex in pool if id(ex) not in chosen]
+    rest = _outside(pool, train) if train_size is not None and train_size < len(pool) else spare or []
+    seen = {ex["instruction"] for ex in train}
+    rest = [ex for ex in rest if ex["instruction"] not in seen]  # the files repeat some questions
+    if rest:
         if val_size > len(rest):
-            raise DataError(f"data.val_size={val_size} exceeds the {len(rest)} examples data.train_size={train_size} leaves")
+            raise DataError(f"data.val_size={val_size} exceeds the {len(rest)} examples left outside the training set")
         return train, subsample(rest, val_size, seed + 1)
     if val_size >= len(pool):
         raise DataError(f"data.val_size={val_size} leaves nothing to train on (the pool has {len(pool)} examples)")
     val = subsample(pool, val_size, seed + 1)
-    held = {id(ex) for ex in val}
-    return [ex for ex in train if id(ex) not in held], val
+    return _outside(train, val), val
