@@ -47,7 +47,8 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
         metrics: dict = {"status": "running", "model": cfg.model.name, "method": plan.method,
                          "dataset": task.name, "trainable_params": adapters.num_params(),
                          "total_params": sum(p.numel() for p in model.parameters())}
-        initial = {n: p.detach().clone() for n, p in adapters.trainable().items()}
+        # Kept in host memory: for full fine-tuning this is a second copy of the model.
+        initial = {n: p.detach().to("cpu", copy=True) for n, p in adapters.trainable().items()}
         if adapters.num_params():
             metrics["train"] = train(model, tok, task.train, cfg, run_dir, dev, tracker, val=task.val)
             metrics["train"]["trainable_params"] = adapters.num_params()
@@ -75,7 +76,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
 def efficiency(metrics: dict, adapters, initial: dict, run_dir: Path) -> dict:
     """The PEFT survey's Guideline 2 figures for one run."""
     total = metrics["total_params"]
-    changed = sum(int((p.detach() != initial[n]).sum()) for n, p in adapters.trainable().items())
+    changed = sum(int((p.detach().cpu() != initial[n]).sum()) for n, p in adapters.trainable().items())
     adapter = run_dir / ADAPTER_DIR / "adapter.safetensors"
     train_m = metrics.get("train") or {}
     return {
