@@ -74,8 +74,10 @@ class AdapterSet(nn.Module):
     def trainable(self) -> dict[str, torch.Tensor]:
         """Every tensor the plan trains: the modules' own (state-dict names) and the base
         parameters it unfroze (``base.<name>``)."""
-        own = dict(self.named_parameters())
-        return {**own, **{f"{BASE}{n}": p for n, p in self.base_params.items()}}
+        return {**dict(self.named_parameters()), **self._prefixed_base()}
+
+    def _prefixed_base(self) -> dict[str, nn.Parameter]:
+        return {f"{BASE}{n}": p for n, p in self.base_params.items()}
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.trainable().values())
@@ -83,8 +85,8 @@ class AdapterSet(nn.Module):
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """What ``save_adapter`` writes: the modules' state (incl. frozen seeded buffers) and
         the trained base parameters."""
-        base = {f"{BASE}{n}": p for n, p in self.base_params.items()}
-        return {k: v.detach().to("cpu").contiguous() for k, v in {**self.state_dict(), **base}.items()}
+        state = {**self.state_dict(), **self._prefixed_base()}
+        return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
     @torch.no_grad()
     def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
