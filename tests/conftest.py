@@ -35,6 +35,7 @@ METHOD_CASES = {
     "tied_lora_vera": ["method=tied_lora", "method.preset=vera"],
     "dora": [],
     "lora_all": [],
+    "lora_qkvud": [],
     "ln_tuning": [],
     "bitfit": [],  # GPT-J only: LLaMA has no bias terms
     "mam": [],

@@ -65,6 +65,8 @@ def test_paper_ratio_sweep_on_llama7b(ratio):
         # survey baselines (hand-computed): DoRA = LoRA + a magnitude per output row of q and v
         ("llama7b", "dora", 4_194_304 + 32 * 2 * 4096),
         ("llama7b", "lora_all", 32 * 8 * (4 * (4096 + 4096) + 3 * (4096 + 11008))),
+        # LLM-Adapters' / the IST paper's LoRA: q, k, v, up, down at r=32 (56.1M, 0.83 % of 7B)
+        ("llama7b", "lora_qkvud", 32 * 32 * (3 * (4096 + 4096) + 2 * (4096 + 11008))),
         ("llama7b", "ln_tuning", 32 * 2 * 4096),  # two RMSNorm gains per layer, no biases
         # MAM: prefix (30 tokens) + parallel adapter (512, with biases)
         ("llama7b", "mam", 7_864_320 + 32 * (4096 * 512 + 512 + 512 * 4096 + 4096)),
