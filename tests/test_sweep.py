@@ -78,3 +78,17 @@ def test_experiment_sweeps_compose(experiment, method, params):
     assert cfg.method.name == method
     grid = cfg.hydra.sweeper.params
     assert {k: len(str(v).split(",")) for k, v in grid.items()} == params
+
+
+def test_reduced_commonsense_experiment_keeps_the_suite_and_shrinks_it():
+    """Table 7's reduced protocol: the commonsense suite, 1,000 training examples, 200 questions
+    per test set, the paper's four methods."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from layerpeft.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        cfg = hydra_compose("train", ["+experiment=hlpt_table7_reduced"], return_hydra_config=True)
+    assert cfg.dataset.name == "commonsense" and cfg.dataset.train_sample == 15000
+    assert cfg.data.train_size == 1000 and cfg.eval.limit == 200 and cfg.eval.max_new_tokens == 32
+    assert cfg.hydra.sweeper.params.method.split(",") == ["prefix", "lora", "hlpt", "h2lpt"]
