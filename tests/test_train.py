@@ -95,6 +95,29 @@ def test_kill_after_first_checkpoint_then_resume_matches_uninterrupted(tmp_path)
         torch.testing.assert_close(wb[k], wa[k], atol=1e-6, rtol=1e-5)
 
 
+def test_run_stopped_while_evaluating_keeps_its_training_and_resume_only_evaluates(tmp_path):
+    args = ["method=hlpt", "train.max_steps=3"]
+    full = tmp_path / "full"
+    train_cli(full, *args)
+    cut = tmp_path / "cut"
+    (cut / "predictions.jsonl").mkdir(parents=True)  # evaluation fails when it writes its predictions
+    p = train_cli(cut, *args, check=False)
+    assert p.returncode != 0 and "predictions.jsonl" in p.stderr
+    stopped = json.loads((cut / "metrics.json").read_text())
+    assert stopped["status"] == "evaluating" and "datasets" not in stopped
+    assert stopped["train"]["steps"] == 3 and len(stopped["train"]["loss_history"]) == 3
+    (cut / "predictions.jsonl").rmdir()
+    adapter = cut / "adapter" / "adapter.safetensors"
+    saved = adapter.stat().st_mtime_ns
+    p = train_cli(cut, *args, "train.resume=true")
+    assert "training had finished, evaluating its adapter" in p.stdout
+    done = json.loads((cut / "metrics.json").read_text())
+    assert done["status"] == "ok" and done["train"] == stopped["train"]  # not trained again
+    assert adapter.stat().st_mtime_ns == saved
+    assert done["datasets"] == json.loads((full / "metrics.json").read_text())["datasets"]
+    assert done["efficiency"]["inference_tokens_per_s"] > 0
+
+
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
     """A parameter turned NaN after step 3 (through the tracker hook) makes step 4's loss NaN."""
     from layerpeft.commands.plan import plan_for

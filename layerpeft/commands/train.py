@@ -4,6 +4,10 @@ Everything that can be wrong with the inputs (plan, options, data files) is chec
 the model loads. Inside a multirun sweep a failing job is recorded in its run directory
 (``metrics.json`` with ``status: failed``) and the sweep goes on; ``SweepSummary`` lists the
 failures at the end. A single run re-raises.
+
+``metrics.json`` is first written when training ends (``status: evaluating``), so a run stopped
+while evaluating keeps its training record, and ``train.resume=true`` then evaluates the saved
+adapter without training again.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from layerpeft.data.tasks import load_task
 from layerpeft.eval.generate import evaluate
 from layerpeft.export import export_peft_lora, peft_compatible
 from layerpeft.models.loading import load_model
-from layerpeft.peft_model import apply_plan, get_adapters, save_adapter
-from layerpeft.rundir import ADAPTER_DIR, CONFIG, IST_FILE, METRICS, PLAN, PREDICTIONS, write_json
+from layerpeft.peft_model import apply_plan, get_adapters, load_adapter, save_adapter
+from layerpeft.rundir import ADAPTER_DIR, CONFIG, IST_FILE, METRICS, PLAN, PREDICTIONS, read_metrics, write_json
 from layerpeft.tracking import make_tracker
 from layerpeft.train.loop import pick_device, train
 
@@ -42,35 +46,57 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     try:
         t0 = time.perf_counter()
         model, tok = load_model(cfg.model, dtype=dev.model_dtype, device=dev.device)
-        adapters = apply_plan(model, plan)
-        write_json(run_dir / PLAN, {**plan.to_dict(), "layer_params": [adapters.layer_params(i) for i in range(plan.num_layers)]})
-        metrics: dict = {"status": "running", "model": cfg.model.name, "method": plan.method,
-                         "dataset": task.name, "trainable_params": adapters.num_params(),
-                         "total_params": sum(p.numel() for p in model.parameters())}
-        # Kept in host memory: for full fine-tuning this is a second copy of the model.
-        initial = {n: p.detach().to("cpu", copy=True) for n, p in adapters.trainable().items()}
-        if adapters.num_params():
-            metrics["train"] = train(model, tok, task.train, cfg, run_dir, dev, tracker, val=task.val)
-            metrics["train"]["trainable_params"] = adapters.num_params()
-            ist = metrics["train"].pop("ist")
-            if ist is not None:  # the trajectory (for the heat map) goes beside the metrics
-                write_json(run_dir / IST_FILE, ist)
-                metrics["train"]["ist"] = {k: v for k, v in ist.items() if k not in ("trajectory", "selections")}
-            get_adapters(model).fold()
-            save_adapter(model, run_dir / ADAPTER_DIR)
-            if peft_compatible(model):
-                export_peft_lora(model, run_dir / ADAPTER_DIR / "peft", cfg.model.get("hub_id") or cfg.model.name)
+        trained = read_metrics(run_dir) if cfg.train.resume else None
+        if trained is not None and trained.get("status") == "evaluating":
+            # Training finished in an earlier process that stopped while evaluating: score its adapter.
+            if (run_dir / ADAPTER_DIR).is_dir():
+                load_adapter(model, run_dir / ADAPTER_DIR)
+            metrics = trained
+            print(f"resumed {run_dir}: training had finished, evaluating its adapter")
+        else:
+            metrics = train_and_save(cfg, plan, task, model, tok, dev, tracker, run_dir)
+            metrics["wall_s"] = time.perf_counter() - t0
+            # Written before evaluating, so a run stopped there keeps its training record and
+            # `train.resume=true` goes straight to evaluation.
+            metrics["status"] = "evaluating"
+            write_json(run_dir / METRICS, metrics)
+        wall_before = metrics["wall_s"]
+        t0 = time.perf_counter()
         if cfg.eval.enabled:
             metrics.update(evaluate(model, tok, task.evals, cfg.eval, run_dir / PREDICTIONS, task.missing))
             tracker.log_eval(metrics)
-        metrics["efficiency"] = efficiency(metrics, adapters, initial, run_dir)
+        metrics["efficiency"]["inference_tokens_per_s"] = metrics.get("inference_tokens_per_s")
         metrics["status"] = "ok"
-        metrics["wall_s"] = time.perf_counter() - t0
+        metrics["wall_s"] = wall_before + time.perf_counter() - t0
         write_json(run_dir / METRICS, metrics)
         failed = False
         return metrics
     finally:
         tracker.finish(failed=failed)
+
+
+def train_and_save(cfg: DictConfig, plan, task, model, tok, dev, tracker, run_dir: Path) -> dict:
+    """Apply the plan, train, save the adapter; the run's metrics so far (all but evaluation)."""
+    adapters = apply_plan(model, plan)
+    write_json(run_dir / PLAN, {**plan.to_dict(), "layer_params": [adapters.layer_params(i) for i in range(plan.num_layers)]})
+    metrics: dict = {"status": "running", "model": cfg.model.name, "method": plan.method,
+                     "dataset": task.name, "trainable_params": adapters.num_params(),
+                     "total_params": sum(p.numel() for p in model.parameters())}
+    # Kept in host memory: for full fine-tuning this is a second copy of the model.
+    initial = {n: p.detach().to("cpu", copy=True) for n, p in adapters.trainable().items()}
+    if adapters.num_params():
+        metrics["train"] = train(model, tok, task.train, cfg, run_dir, dev, tracker, val=task.val)
+        metrics["train"]["trainable_params"] = adapters.num_params()
+        ist = metrics["train"].pop("ist")
+        if ist is not None:  # the trajectory (for the heat map) goes beside the metrics
+            write_json(run_dir / IST_FILE, ist)
+            metrics["train"]["ist"] = {k: v for k, v in ist.items() if k not in ("trajectory", "selections")}
+        get_adapters(model).fold()
+        save_adapter(model, run_dir / ADAPTER_DIR)
+        if peft_compatible(model):
+            export_peft_lora(model, run_dir / ADAPTER_DIR / "peft", cfg.model.get("hub_id") or cfg.model.name)
+    metrics["efficiency"] = efficiency(metrics, adapters, initial, run_dir)
+    return metrics
 
 
 def efficiency(metrics: dict, adapters, initial: dict, run_dir: Path) -> dict:
@@ -86,7 +112,7 @@ def efficiency(metrics: dict, adapters, initial: dict, run_dir: Path) -> dict:
         "changed_pct": 100.0 * changed / total,
         "peak_memory_mb": train_m.get("peak_memory_mb"),
         "train_tokens_per_s": train_m.get("tokens_per_s"),
-        "inference_tokens_per_s": metrics.get("inference_tokens_per_s"),
+        "inference_tokens_per_s": None,  # filled in after evaluation
         "adapter_bytes": adapter.stat().st_size if adapter.is_file() else 0,
     }
 
@@ -99,8 +125,9 @@ def run(cfg: DictConfig) -> dict | None:
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             raise
         # In a sweep the failure is recorded and summarised at the end; the next job runs.
-        write_json(run_dir / METRICS, {"status": "failed", "error": f"{type(e).__name__}: {e}",
-                                       "traceback": traceback.format_exc()})
+        # A job that failed while evaluating keeps the training record written before it.
+        write_json(run_dir / METRICS, {**(read_metrics(run_dir) or {}), "status": "failed",
+                                       "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
         print(f"job failed ({run_dir}): {type(e).__name__}: {e}")
         return None
     print_summary(metrics, run_dir)
