@@ -58,16 +58,14 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
             metrics["wall_s"] = time.perf_counter() - t0
             # Written before evaluating, so a run stopped there keeps its training record and
             # `train.resume=true` goes straight to evaluation.
-            metrics["status"] = "evaluating"
             write_json(run_dir / METRICS, metrics)
-        wall_before = metrics["wall_s"]
-        t0 = time.perf_counter()
+        t_eval = time.perf_counter()
         if cfg.eval.enabled:
             metrics.update(evaluate(model, tok, task.evals, cfg.eval, run_dir / PREDICTIONS, task.missing))
             tracker.log_eval(metrics)
         metrics["efficiency"]["inference_tokens_per_s"] = metrics.get("inference_tokens_per_s")
         metrics["status"] = "ok"
-        metrics["wall_s"] = wall_before + time.perf_counter() - t0
+        metrics["wall_s"] += time.perf_counter() - t_eval
         write_json(run_dir / METRICS, metrics)
         failed = False
         return metrics
@@ -76,10 +74,10 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def train_and_save(cfg: DictConfig, plan, task, model, tok, dev, tracker, run_dir: Path) -> dict:
-    """Apply the plan, train, save the adapter; the run's metrics so far (all but evaluation)."""
+    """Apply the plan, train, save the adapter; the run's metrics so far (status ``evaluating``)."""
     adapters = apply_plan(model, plan)
     write_json(run_dir / PLAN, {**plan.to_dict(), "layer_params": [adapters.layer_params(i) for i in range(plan.num_layers)]})
-    metrics: dict = {"status": "running", "model": cfg.model.name, "method": plan.method,
+    metrics: dict = {"status": "evaluating", "model": cfg.model.name, "method": plan.method,
                      "dataset": task.name, "trainable_params": adapters.num_params(),
                      "total_params": sum(p.numel() for p in model.parameters())}
     # Kept in host memory: for full fine-tuning this is a second copy of the model.
