@@ -12,6 +12,7 @@ import math
 import re
 import resource
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,8 +171,10 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
         val_history = state.get("val_history", [])
         if ist is not None:
             ist.load(state["ist"], state["tensors"])
-        for _ in range(step):
-            scheduler.step()
+        with warnings.catch_warnings():  # replaying the schedule; torch warns as no optimizer step came first
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            for _ in range(step):
+                scheduler.step()
         print(f"resumed from {resume_from} at step {step}/{total}")
 
     reset_peak_memory(dev.device)
