@@ -64,6 +64,12 @@ class AdapterSet(nn.Module):
         for layer in self.layers.values():
             yield from layer.values()
 
+    def select_sequences(self, index: torch.Tensor) -> None:
+        """Keep the batch rows ``index`` of all per-sequence state (a decoder dropped the others)."""
+        self.ctx.select_sequences(index)
+        for module in self.adapter_modules():
+            module.select_sequences(index)
+
     def layer_params(self, index: int) -> int:
         key = str(index)
         if key not in self.layers:

@@ -20,6 +20,10 @@
     python scripts/bench.py eval --model smollm2_135m --n 8 --max-new-tokens 32
         layerpeft's evaluation (batched, left-padded, greedy, KV cache) vs the LLM-Adapters
         protocol (one prompt at a time, 4 beams, no KV cache) on the same prompts.
+    python scripts/bench.py greedy --model smollm2_135m --adapter RUN/adapter --set SVAMP --n 64
+        the evaluation's greedy decoder (a finished answer leaves the batch) vs transformers'
+        ``generate`` (finished rows stay until the batch's last answer ends) on the first n
+        questions of a math test set, batch 32, 256 new tokens; also counts identical answers.
 """
 
 from __future__ import annotations
@@ -212,6 +216,40 @@ def bench_eval(args) -> dict:
             "batch": args.batch, "ours_s": ours, "reference_s": ref, "speedup": ref / ours}
 
 
+def bench_greedy(args) -> dict:
+    from layerpeft.data.files import data_dir, read_examples
+    from layerpeft.data.prompts import STOP_MARKERS, prompt_text
+    from layerpeft.eval.generate import cut_response, greedy_decode, stopped_by_marker
+    from layerpeft.peft_model import load_adapter
+
+    _, model, tok = _load(args.model)
+    if args.adapter:
+        load_adapter(model, args.adapter)
+    items = read_examples(data_dir(args.data_dir) / "math" / f"{args.set}_test.json")
+    prompts = sorted((prompt_text(ex["instruction"], ex.get("input", "")) for ex in items[: args.n]), key=len)
+    times = {"greedy_decode": 0.0, "generate": 0.0}
+    answers: dict[str, list[str]] = {"greedy_decode": [], "generate": []}
+    with torch.no_grad():
+        for start in range(0, len(prompts), args.batch):
+            enc = tok(prompts[start : start + args.batch], return_tensors="pt", padding=True)
+            t0 = time.perf_counter()
+            rows = greedy_decode(model, enc.input_ids, enc.attention_mask, args.max_new_tokens, tok.eos_token_id,
+                                 stopped_by_marker(tok))
+            times["greedy_decode"] += time.perf_counter() - t0
+            answers["greedy_decode"] += [cut_response(t) for t in tok.batch_decode(rows, skip_special_tokens=True)]
+            t0 = time.perf_counter()
+            gen = model.generate(**enc, max_new_tokens=args.max_new_tokens, do_sample=False, use_cache=True,
+                                 stop_strings=list(STOP_MARKERS), tokenizer=tok, pad_token_id=tok.pad_token_id,
+                                 eos_token_id=tok.eos_token_id)
+            times["generate"] += time.perf_counter() - t0
+            new = gen[:, enc.input_ids.shape[1] :]
+            answers["generate"] += [cut_response(t) for t in tok.batch_decode(new, skip_special_tokens=True)]
+    same = sum(a == b for a, b in zip(answers["greedy_decode"], answers["generate"]))
+    return {"bench": "greedy", "model": args.model, "adapter": args.adapter, "set": args.set, "n": len(prompts),
+            "batch": args.batch, "max_new_tokens": args.max_new_tokens, "greedy_decode_s": times["greedy_decode"],
+            "generate_s": times["generate"], "identical_answers": same, "speedup": times["generate"] / times["greedy_decode"]}
+
+
 def bench_efficiency(args) -> dict:
     """``+experiment=efficiency`` (its settings and method list), one process per method."""
     from pathlib import Path
@@ -280,9 +318,18 @@ def main() -> None:
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--batch", type=int, default=16)
+    p = sub.add_parser("greedy")
+    p.add_argument("--model", default="smollm2_135m")
+    p.add_argument("--adapter", default=None, help="a run's adapter directory (default: the base model)")
+    p.add_argument("--data-dir", default="../shared/data")
+    p.add_argument("--set", default="SVAMP")
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=256)
     args = ap.parse_args()
     fn = {"train": bench_train, "_train_worker": train_worker, "ist": bench_ist, "decode": bench_decode,
-          "_decode_worker": decode_worker, "eval": bench_eval, "efficiency": bench_efficiency}[args.name]
+          "_decode_worker": decode_worker, "eval": bench_eval, "greedy": bench_greedy,
+          "efficiency": bench_efficiency}[args.name]
     print(json.dumps(fn(args)))
 
 

@@ -4,10 +4,17 @@ LLM-Adapters generates one prompt at a time with 4 beams and no cache, which is 
 here prompts are sorted by length and generated in batches, greedy by default
 (``eval.num_beams`` for parity runs). Decoding stops at EOS or when the model starts a new
 template section ("### Instruction:" …), and the response is cut there.
+
+Greedy decoding uses ``greedy_decode`` rather than ``model.generate``: generate keeps finished
+sequences in the batch until the last one ends, so a single answer that never stops makes
+every row pay for all ``max_new_tokens`` steps. Counted on the committed SmolLM2 math
+predictions (batches of 32, 256 new tokens), dropping finished rows cuts the decoded row-steps
+1.7× for the base model and 2.1–2.7× for the trained ones. Beam search stays with ``generate``.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from pathlib import Path
@@ -15,9 +22,11 @@ from typing import Any
 
 import torch
 from tqdm import tqdm
+from transformers import DynamicCache
 
 from layerpeft.data.prompts import STOP_MARKERS, prompt_text
 from layerpeft.eval.answers import extract, is_correct
+from layerpeft.peft_model import ATTR
 
 
 def cut_response(text: str) -> str:
@@ -26,6 +35,60 @@ def cut_response(text: str) -> str:
         if i >= 0:
             text = text[:i]
     return text.strip()
+
+
+def stopped_by_marker(tokenizer):
+    """A stopping rule for ``greedy_decode``: the continuation contains a template marker."""
+
+    def stopped(tokens: list[int]) -> bool:
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        return any(marker in text for marker in STOP_MARKERS)
+
+    return stopped
+
+
+@torch.no_grad()
+def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+                  eos_token_id: int | list[int] | None, stopped=None) -> list[list[int]]:
+    """Greedy continuations (token ids, EOS excluded) of a left-padded batch.
+
+    Each sequence leaves the batch as soon as it emits EOS or ``stopped(tokens)`` is true: the
+    KV cache, the attention mask, the positions and the adapters' per-sequence state (PARA's
+    vectors, prefix gates) are cut to the rows still running. Positions follow the attention
+    mask, as in ``generate``, so a left-padded sequence decodes as it would alone.
+    """
+    eos = set([] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else eos_token_id)
+    adapters = getattr(model, ATTR, None)
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache = DynamicCache(config=model.config)
+    out: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    rows = list(range(input_ids.shape[0]))  # the original index of each row still running
+    ids, mask = input_ids, attention_mask
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    for step in range(max_new_tokens):
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                       logits_to_keep=1, **{cache_arg: cache}).logits
+        tokens = logits[:, -1].argmax(dim=-1)
+        keep = []
+        for j, (row, token) in enumerate(zip(rows, tokens.tolist())):
+            if token in eos:
+                continue
+            out[row].append(token)
+            if stopped is None or not stopped(out[row]):
+                keep.append(j)
+        if not keep or step == max_new_tokens - 1:
+            break
+        if len(keep) < len(rows):
+            index = torch.tensor(keep, device=ids.device)
+            cache.batch_select_indices(index)
+            if adapters is not None:
+                adapters.select_sequences(index)
+            rows = [rows[j] for j in keep]
+            tokens, mask, positions = tokens[index], mask[index], positions[index]
+        ids = tokens[:, None]
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+        positions = positions[:, -1:] + 1
+    return out
 
 
 @torch.no_grad()
@@ -45,21 +108,25 @@ def generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_toke
         idx = order[start : start + batch_size]
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
         t0 = time.perf_counter()
-        gen = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            num_beams=num_beams,
-            do_sample=False,
-            use_cache=True,
-            stop_strings=list(STOP_MARKERS),
-            tokenizer=tokenizer,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        new = gen[:, enc.input_ids.shape[1] :]
+        if num_beams == 1:
+            new = greedy_decode(model, enc.input_ids, enc.attention_mask, max_new_tokens, tokenizer.eos_token_id,
+                                stopped_by_marker(tokenizer))
+        else:
+            gen = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                num_beams=num_beams,
+                do_sample=False,
+                use_cache=True,
+                stop_strings=list(STOP_MARKERS),
+                tokenizer=tokenizer,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            new = [[t for t in row if t != tokenizer.pad_token_id] for row in gen[:, enc.input_ids.shape[1] :].tolist()]
         if stats is not None:
             stats["seconds"] = stats.get("seconds", 0.0) + time.perf_counter() - t0
-            stats["new_tokens"] = stats.get("new_tokens", 0) + int((new != tokenizer.pad_token_id).sum())
+            stats["new_tokens"] = stats.get("new_tokens", 0) + sum(map(len, new))
         texts = tokenizer.batch_decode(new, skip_special_tokens=True)
         for i, text in zip(idx, texts):
             out[i] = cut_response(text)

@@ -10,12 +10,13 @@ it and tests disable modules with it.
 Modules that depend on the prompt (the prefix gate, PARA's vector generator) read the
 shared ``ForwardContext``; per-sequence state computed from the prompt is kept across
 cached decoding steps, and beam reordering never changes it (all beams of one prompt share it).
+A decoder that drops finished sequences from its batch calls ``select_sequences`` so that
+this state follows the rows that remain.
 ``ForwardContext.last_prompt_index`` is where per-layer vector generators (PARA) read.
 
-Cross-layer structure (Tied-LoRA, not built yet) is meant to fit the same contract: a tied
-tensor is created once at the model level and each layer's module refers to it without
-registering it as its own parameter, so it has one gradient, one optimizer state and one
-entry in the saved adapter.
+Cross-layer structure (Tied-LoRA) fits the same contract: a tied tensor is created once at
+the model level and each layer's module refers to it without registering it as its own
+parameter, so it has one gradient, one optimizer state and one entry in the saved adapter.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ class ForwardContext:
         pos = torch.arange(length, device=device).expand(batch, length)
         return torch.where(self.prompt_mask.bool(), pos, -1).max(dim=1).values.clamp_min(0)
 
+    def select_sequences(self, index: torch.Tensor) -> None:
+        if self.prompt_mask is not None:
+            self.prompt_mask = self.prompt_mask[index]
+
 
 class AdapterModule(nn.Module):
     """Base class of the PEFT modules a plan places in a layer."""
@@ -89,6 +94,9 @@ class AdapterModule(nn.Module):
 
     def attach(self, layer: nn.Module) -> list[RemovableHandle]:
         raise NotImplementedError
+
+    def select_sequences(self, index: torch.Tensor) -> None:
+        """Keep only the batch rows ``index`` of the per-sequence state (none by default)."""
 
     def target(self, layer: nn.Module, role: str) -> nn.Module:
         return layer.get_submodule(self.family.path(role))

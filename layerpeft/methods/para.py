@@ -62,6 +62,10 @@ class PARA(AdapterModule):
         self._vectors = dict(zip(self.sizes, vec.split(list(self.sizes.values()), dim=-1)))
         return None
 
+    def select_sequences(self, index):
+        if self._vectors is not None:
+            self._vectors = {role: vec[index] for role, vec in self._vectors.items()}
+
     def attach(self, layer):
         handles = [layer.register_forward_pre_hook(self._generate, with_kwargs=True)]
         for role in self.sizes:

@@ -99,6 +99,10 @@ class Prefix(AdapterModule):
         self._seq_gate = torch.sigmoid(self.gate(pooled.to(self.gate.weight.dtype)))  # (B, 1)
         return None
 
+    def select_sequences(self, index):
+        if self._seq_gate is not None:
+            self._seq_gate = self._seq_gate[index]
+
     # --- attention --------------------------------------------------------------------
     def extend(self, query, key, value, mask):
         """Prepend the (gated) prefix to ``key``/``value`` and widen ``mask`` to match."""
