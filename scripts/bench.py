@@ -39,18 +39,22 @@ import time
 import torch
 
 
-def _load(model_name: str):
+def _load(model_name: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
     from layerpeft.config import compose
     from layerpeft.models.loading import load_model
 
     cfg = compose("train", [f"model={model_name}"])
-    return cfg, *load_model(cfg.model)
+    return cfg, *load_model(cfg.model, dtype=dtype, device=device)
 
 
 def train_worker(args) -> dict:
     """One measurement in this process: warm-up step, then timed optimizer steps."""
     torch.manual_seed(0)
-    cfg, model, _ = _load(args.model)
+    cuda = args.device == "cuda"
+    autocast = args.dtype == "bf16"
+    # On CUDA the frozen base is stored in bf16 under bf16 autocast, as the training loop does;
+    # both implementations keep their adapter weights in fp32 (peft upcasts them by default).
+    cfg, model, _ = _load(args.model, args.device, torch.bfloat16 if cuda and autocast else torch.float32)
     ist = None
     if args.impl == "ours":
         from layerpeft import apply_plan, build_plan
@@ -68,14 +72,14 @@ def train_worker(args) -> dict:
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
                                                  target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
     model.train()
+    model.to(args.device)  # the adapters were created on the CPU
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=3e-4)
-    ids = torch.randint(10, model.config.vocab_size, (args.batch, args.seq_len))
+    ids = torch.randint(10, model.config.vocab_size, (args.batch, args.seq_len), device=args.device)
     micro = ids.split(args.micro_batch or args.batch)
-    autocast = args.dtype == "bf16"
 
     def loss_of(batch):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=autocast):
             return model(input_ids=batch, labels=batch).loss
 
     count = [0]
@@ -92,15 +96,23 @@ def train_worker(args) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    rss_before = _rss_mb()
+    before_mb = _rss_mb()
+    if cuda:  # GPU memory: what the allocator held at its peak over the steps (model included)
+        torch.cuda.synchronize()
+        before_mb = torch.cuda.memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
     step()
+    if cuda:
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(args.steps):
         step()
+    if cuda:
+        torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"tokens_per_s": args.steps * ids.numel() / dt, "step_s": dt / args.steps,
-            "peak_mb": peak, "step_peak_mb": peak - rss_before,
+            "peak_mb": peak, "step_peak_mb": peak - before_mb,
             "trainable": sum(p.numel() for p in params)}
 
 
@@ -113,7 +125,7 @@ def _worker(args, impl: str, ist: bool) -> dict:
     cmd = [sys.executable, __file__, "_train_worker", "--impl", impl, "--model", args.model,
            "--method", args.method, "--steps", str(args.steps), "--batch", str(args.batch),
            "--micro-batch", str(args.micro_batch), "--seq-len", str(args.seq_len),
-           "--dtype", args.dtype] + (["--ist"] if ist else [])
+           "--dtype", args.dtype, "--device", args.device] + (["--ist"] if ist else [])
     return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
 
 
@@ -126,7 +138,8 @@ def bench_ist(args) -> dict:
            for k, v in runs.items()}
     return {"bench": "ist", "model": args.model, "method": args.method, "batch": args.batch,
             "micro_batch": args.micro_batch,
-            "seq_len": args.seq_len, "steps": args.steps, "dtype": args.dtype, "repeats": args.repeats,
+            "seq_len": args.seq_len, "steps": args.steps, "dtype": args.dtype, "device": args.device,
+            "repeats": args.repeats,
             "plain": med["plain"], "ist": med["ist"],
             "mem_ratio": med["ist"]["step_peak_mb"] / med["plain"]["step_peak_mb"],
             "time_ratio": med["ist"]["step_s"] / med["plain"]["step_s"]}
@@ -140,7 +153,7 @@ def bench_train(args) -> dict:
     med = {k: {m: statistics.median(r[m] for r in v) for m in ("tokens_per_s", "peak_mb")} for k, v in results.items()}
     ours, base = med["ours"], med[args.baseline]
     return {"bench": "train", "model": args.model, "method": args.method, "baseline": args.baseline,
-            "batch": args.batch, "seq_len": args.seq_len, "steps": args.steps, "dtype": args.dtype,
+            "batch": args.batch, "seq_len": args.seq_len, "steps": args.steps, "dtype": args.dtype, "device": args.device,
             "repeats": args.repeats, "trainable_ours": results["ours"][0]["trainable"],
             "trainable_baseline": results[args.baseline][0]["trainable"],
             "ours_tokens_per_s": ours["tokens_per_s"], "baseline_tokens_per_s": base["tokens_per_s"],
@@ -297,6 +310,8 @@ def main() -> None:
         p.add_argument("--seq-len", type=int, default=128)
         p.add_argument("--repeats", type=int, default=2)
         p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+        p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                       help="cuda: the base in bf16 when --dtype bf16, GPU peak memory instead of RSS")
         p.add_argument("--ist", action="store_true", help="(worker) train with IST")
     for name in ("decode", "_decode_worker"):
         p = sub.add_parser(name)

@@ -38,6 +38,8 @@ def test_run_directory_contents(tmp_path):
     assert metrics["status"] == "ok" and metrics["datasets"]["synthetic"]["n"] == 8
     assert set(metrics["train"]) >= {"steps", "final_loss", "tokens_per_s", "peak_memory_mb", "trainable_params", "wall_s"}
     assert metrics["train"]["steps"] == 3 and metrics["train"]["lr"] == 3e-3
+    # precision=auto and device=auto resolve to the CPU in fp32 here; the run records what it used
+    assert (metrics["train"]["device"], metrics["train"]["precision"]) == ("cpu", "fp32")
     # 600 synthetic problems, batches of 16: 38 steps an epoch; validation at the run's end
     assert metrics["train"]["steps_per_epoch"] == 38
     ((epoch, val_loss),) = metrics["train"]["val_loss_history"]

@@ -51,6 +51,11 @@ class Device:
         # On CUDA the frozen base is stored in bf16 (half the memory); adapters stay fp32.
         return torch.bfloat16 if self.device.type == "cuda" and self.autocast else torch.float32
 
+    def describe(self) -> dict:
+        """What the run actually used (``auto`` in the config resolves per machine), for metrics."""
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        return {"device": name, "precision": "bf16" if self.autocast else "fp32"}
+
 
 def pick_device(train_cfg) -> Device:
     want = train_cfg.device
@@ -258,6 +263,7 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
         "final_loss": history[-1][1] if history else None,
         "tokens_per_s": tokens / wall if wall else None,
         "peak_memory_mb": peak_memory_mb(dev.device),
+        **dev.describe(),
         "wall_s": wall,
         "lr": lr,
         "schedule": schedule,
