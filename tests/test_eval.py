@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -69,3 +71,44 @@ def test_greedy_decode_drops_finished_rows_and_matches_generate(case):
                         pad_token_id=tok.pad_token_id)[:, enc.input_ids.shape[1]:].tolist()
     assert ours == [row[: first_end(row, eos)] for row in hf]
     assert ours == [row[: first_end(row, eos)] for row in free]
+
+
+def test_interrupted_evaluation_resumes_with_its_finished_sets(tmp_path, monkeypatch):
+    """Predictions are written after each set; evaluating into the same file again decodes only
+    the sets that are missing, and gives the same results as one uninterrupted evaluation."""
+    from omegaconf import OmegaConf
+
+    import layerpeft.eval.generate as gen
+
+    model, tok = perturbed_model("lora")
+    evals = {"SVAMP": [{"instruction": q, "answer": "5"} for q in ("Add 2 and 3.", "x", "Take 1 from 6.")],
+             "AddSub": [{"instruction": q, "answer": "8"} for q in ("Add 4 and 4.", "Multiply 2 by 4.")]}
+    cfg = OmegaConf.create({"batch_size": 2, "max_new_tokens": 6, "num_beams": 1, "limit": None, "mode": "strict"})
+    full = gen.evaluate(model, tok, evals, cfg, tmp_path / "full.jsonl")
+
+    real, decoded = gen.generate, []
+
+    def stop_at_addsub(model, tok, prompts, *args, desc="", **kw):
+        if desc == "eval AddSub":
+            raise KeyboardInterrupt  # the process is stopped while decoding the second set
+        return real(model, tok, prompts, *args, desc=desc, **kw)
+
+    path = tmp_path / "predictions.jsonl"
+    monkeypatch.setattr(gen, "generate", stop_at_addsub)
+    with pytest.raises(KeyboardInterrupt):
+        gen.evaluate(model, tok, evals, cfg, path)
+    assert [json.loads(line)["dataset"] for line in path.read_text().splitlines()] == ["SVAMP"] * 3
+
+    def counting(model, tok, prompts, *args, desc="", **kw):
+        decoded.append(desc)
+        return real(model, tok, prompts, *args, desc=desc, **kw)
+
+    monkeypatch.setattr(gen, "generate", counting)
+    resumed = gen.evaluate(model, tok, evals, cfg, path)
+    assert decoded == ["eval AddSub"]
+    assert resumed["datasets"] == full["datasets"]
+    assert path.read_text() == (tmp_path / "full.jsonl").read_text()
+
+    decoded.clear()  # other decoding settings: nothing is reused
+    gen.evaluate(model, tok, evals, OmegaConf.merge(cfg, {"max_new_tokens": 4}), path)
+    assert decoded == ["eval SVAMP", "eval AddSub"]

@@ -133,34 +133,66 @@ def generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_toke
     return out
 
 
+def finished_sets(predictions_path: Path | None, eval_cfg) -> dict[str, list[dict[str, Any]]]:
+    """Prediction lines of the sets an earlier, interrupted evaluation already finished.
+
+    A set's lines are reused only when they were decoded with the same ``num_beams`` and
+    ``max_new_tokens``; ``evaluate`` also checks that they cover the same examples."""
+    if predictions_path is None or not predictions_path.is_file():
+        return {}
+    done: dict[str, list[dict[str, Any]]] = {}
+    with open(predictions_path, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            if (row.get("num_beams"), row.get("max_new_tokens")) == (int(eval_cfg.num_beams), int(eval_cfg.max_new_tokens)):
+                done.setdefault(row["dataset"], []).append(row)
+    return done
+
+
 def evaluate(model, tokenizer, evals: dict[str, list[dict[str, Any]]], eval_cfg, predictions_path: Path | None = None,
              missing: dict[str, str] | None = None) -> dict[str, Any]:
-    """Score every evaluation set; writes one JSON line per example to ``predictions_path``."""
+    """Score every evaluation set; writes one JSON line per example to ``predictions_path``.
+
+    The file is rewritten after each set, so an evaluation stopped part-way (a long CPU run,
+    a job's time limit) keeps its finished sets, and evaluating into the same file again
+    (``train.resume=true``) decodes only the sets still missing. Reused answers are scored
+    again, so a change of ``eval.mode`` applies to them too."""
     model.eval()
     results: dict[str, Any] = {}
     lines: list[dict[str, Any]] = []
     stats: dict[str, float] = {}
+    earlier = finished_sets(predictions_path, eval_cfg)
+    decode = {"num_beams": int(eval_cfg.num_beams), "max_new_tokens": int(eval_cfg.max_new_tokens)}
     for name, items in evals.items():
         if eval_cfg.limit:
             items = items[: int(eval_cfg.limit)]
-        prompts = [prompt_text(ex["instruction"], ex.get("input", "")) for ex in items]
-        responses = generate(model, tokenizer, prompts, int(eval_cfg.batch_size), int(eval_cfg.max_new_tokens),
-                             int(eval_cfg.num_beams), stats=stats, desc=f"eval {name}")
+        old = earlier.get(name, [])
+        if [r["instruction"] for r in old] == [ex["instruction"] for ex in items]:
+            responses = [r["response"] for r in old]
+        else:
+            prompts = [prompt_text(ex["instruction"], ex.get("input", "")) for ex in items]
+            responses = generate(model, tokenizer, prompts, int(eval_cfg.batch_size), int(eval_cfg.max_new_tokens),
+                                 int(eval_cfg.num_beams), stats=stats, desc=f"eval {name}")
         correct = 0
         for i, (ex, resp) in enumerate(zip(items, responses)):
             ok = is_correct(name, resp, ex["answer"], mode=eval_cfg.mode)
             correct += ok
             pred = extract(name, resp, eval_cfg.mode)
             lines.append({"dataset": name, "index": i, "instruction": ex["instruction"], "response": resp,
-                          "gold": ex["answer"], "pred": pred, "correct": ok})
+                          "gold": ex["answer"], "pred": pred, "correct": ok, **decode})
         n = len(items)
         results[name] = {"n": n, "correct": correct, "accuracy": 100.0 * correct / n if n else 0.0}
-    if predictions_path is not None:
-        with open(predictions_path, "w", encoding="utf-8") as f:
-            for line in lines:
-                f.write(json.dumps(line) + "\n")
+        if predictions_path is not None:
+            tmp = predictions_path.with_name(predictions_path.name + ".tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                for line in lines:
+                    f.write(json.dumps(line) + "\n")
+            tmp.replace(predictions_path)
     accs = [r["accuracy"] for r in results.values()]
+    base = next(model.parameters())  # the embedding: the frozen base's device and dtype
     return {
+        "eval_device": torch.cuda.get_device_name(base.device) if base.device.type == "cuda" else "cpu",
+        "eval_dtype": str(base.dtype).removeprefix("torch."),
         "datasets": results,
         "average": sum(accs) / len(accs) if accs else None,
         "missing": dict(missing or {}),
