@@ -39,9 +39,8 @@ def test_report_reproduces_the_committed_results(tmp_path):
             cells = " | ".join(f"{float(r[k]):.2f}" for k in columns)
             assert cells in results and cells in readme, (dataset, r["method"], cells)
         if dataset == "math":
-            rows = {r["method"]: r for r in table}
-            assert round(float(rows["hlpt"]["Avg."]), 2) == 19.22 and rows["hlpt"]["layers"] == "23:7"
-            assert round(float(rows["none"]["Avg."]), 2) == 1.81
+            rows = {(r["method"], f"{float(r['Avg.']):.2f}", r["layers"]) for r in table}  # a method may have several runs
+            assert ("hlpt", "19.22", "23:7") in rows and ("none", "1.81", "") in rows
 
 
 def _run_dir(root: Path, name: str, method: str, segments: list[tuple[int, int]], average: float,
