@@ -98,18 +98,19 @@ def convergence(runs: list[Run], out: Path) -> list[Path]:
     curves = [c for c in curves if c[1]]
     if not curves:
         return []
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     for i, (r, train, val) in enumerate(curves):
         color = f"C{i % 10}"
-        ax.plot(*zip(*train), marker="o", color=color, label=f"{r.label} train")
+        ax.plot(*zip(*train), marker="o", color=color, label=r.label)
         if val:
-            ax.plot(*zip(*val), marker="s", linestyle="--", color=color, label=f"{r.label} validation")
+            ax.plot(*zip(*val), marker="s", linestyle="--", color=color)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (mean per epoch)")
-    ax.set_title("Training and validation loss per epoch")
+    ax.set_title("Loss per epoch (solid: training, dashed: validation)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="upper right")
+    # one entry per run, beside the axes: with many runs a legend inside hides the curves
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path = out / "convergence.png"
     fig.savefig(path, dpi=120)
@@ -139,7 +140,8 @@ def ist_heatmaps(runs: list[Run], out: Path) -> list[Path]:
         ax.set_yticks(range(0, len(layers), every), [str(x) for x in layers[::every]])
         ax.set_xlabel("optimizer step (importance update)")
         ax.set_ylabel("layer")
-        ax.set_title(f"IST layer importance ({ist.get('policy', 'importance')} policy): {r.label}")
+        # the run label (its distinct overrides) can be long: it gets a line of its own
+        ax.set_title(f"IST layer importance ({ist.get('policy', 'importance')} policy)\n{r.label}", fontsize=10)
         fig.colorbar(im, ax=ax, label="importance score")
         fig.tight_layout()
         path = out / f"ist_importance_{r.path.name}.png"  # run directory names are unique and safe
