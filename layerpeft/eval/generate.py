@@ -26,6 +26,7 @@ from transformers import DynamicCache
 
 from layerpeft.data.prompts import STOP_MARKERS, prompt_text
 from layerpeft.eval.answers import extract, is_correct
+from layerpeft.models.loading import device_name
 from layerpeft.peft_model import ATTR
 
 
@@ -191,7 +192,7 @@ def evaluate(model, tokenizer, evals: dict[str, list[dict[str, Any]]], eval_cfg,
     accs = [r["accuracy"] for r in results.values()]
     base = next(model.parameters())  # the embedding: the frozen base's device and dtype
     return {
-        "eval_device": torch.cuda.get_device_name(base.device) if base.device.type == "cuda" else "cpu",
+        "eval_device": device_name(base.device),
         "eval_dtype": str(base.dtype).removeprefix("torch."),
         "datasets": results,
         "average": sum(accs) / len(accs) if accs else None,

@@ -26,6 +26,7 @@ from transformers import (
 )
 
 from layerpeft.data.prompts import collate, tokenize_example
+from layerpeft.models.loading import device_name
 from layerpeft.peft_model import get_adapters
 from layerpeft.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from layerpeft.train.ist import IST
@@ -53,8 +54,7 @@ class Device:
 
     def describe(self) -> dict:
         """What the run actually used (``auto`` in the config resolves per machine), for metrics."""
-        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
-        return {"device": name, "precision": "bf16" if self.autocast else "fp32"}
+        return {"device": device_name(self.device), "precision": "bf16" if self.autocast else "fp32"}
 
 
 def pick_device(train_cfg) -> Device:
