@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from conftest import REPO
-from layerpeft.report.figures import convergence, epoch_losses, ist_heatmaps, sweep_series
+from layerpeft.report.figures import convergence, epoch_losses, ist_heatmaps, ratio_sweep, sweep_series
 from layerpeft.report.tables import collect_runs, relative_rows
 
 EXE = str(Path(sys.executable).with_name("layerpeft"))
@@ -76,6 +76,17 @@ def test_ratio_sweep_figure_orders_ratios_and_draws_the_reference(tmp_path):
                        text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     assert _is_png(tmp_path / "out" / "ratio_sweep.png")
+
+
+def test_no_ratio_figure_without_a_sweep(tmp_path):
+    """Methods at their default ratios (two HLPT runs at 23:7, an H²LPT) are no sweep."""
+    runs_dir = tmp_path / "runs"
+    _run_dir(runs_dir, "0", "hlpt", [(0, 23), (23, 30)], 19.0, ["method=hlpt"])
+    _run_dir(runs_dir, "1", "hlpt", [(0, 23), (23, 30)], 17.0, ["method=hlpt", "train.device=cuda"])
+    _run_dir(runs_dir, "2", "h2lpt", [(0, 11), (11, 26), (26, 30)], 14.0, ["method=h2lpt"])
+    _run_dir(runs_dir, "3", "lora", [(0, 30)], 13.0, ["method=lora"])
+    assert ratio_sweep(collect_runs([runs_dir]), tmp_path) == []
+    assert not (tmp_path / "ratio_sweep.png").exists()
 
 
 def test_convergence_figure_averages_training_loss_per_epoch(tmp_path):

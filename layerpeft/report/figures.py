@@ -44,9 +44,11 @@ def sweep_series(runs: list[Run]) -> tuple[dict[str, list[tuple[str, float]]], l
 
 def ratio_sweep(runs: list[Run], out: Path) -> list[Path]:
     """Average accuracy against the bottom:top ratio, one line per method (HLPT Fig. 2a), with
-    single-segment runs (LoRA on every layer, …) as horizontal reference lines."""
+    single-segment runs (LoRA on every layer, …) as horizontal reference lines. Drawn only when
+    some method ran at two ratios or more: a table of methods at their default ratios (HLPT
+    23:7 beside H²LPT 11:15:4) is no sweep."""
     series, refs = sweep_series(runs)
-    if sum(len(points) for points in series.values()) < 2:
+    if not any(len({label for label, _ in points}) >= 2 for points in series.values()):
         return []
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ticks: dict[str, int] = {}
@@ -98,12 +100,14 @@ def convergence(runs: list[Run], out: Path) -> list[Path]:
     curves = [c for c in curves if c[1]]
     if not curves:
         return []
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    # past ten runs the default colour cycle repeats: take 20 colours and vary the marker too
+    palette = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20").colors
+    fig, ax = plt.subplots(figsize=(10 if len(curves) <= 10 else 13, 4.5))
     for i, (r, train, val) in enumerate(curves):
-        color = f"C{i % 10}"
-        ax.plot(*zip(*train), marker="o", color=color, label=r.label)
+        color, marker = palette[i % len(palette)], "o^Dv"[i % 4] if len(curves) > 10 else "o"
+        ax.plot(*zip(*train), marker=marker, color=color, label=r.label)
         if val:
-            ax.plot(*zip(*val), marker="s", linestyle="--", color=color)
+            ax.plot(*zip(*val), marker=marker, linestyle="--", color=color, markerfacecolor="none")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (mean per epoch)")
     ax.set_title("Loss per epoch (solid: training, dashed: validation)")
