@@ -57,6 +57,12 @@ def test_paper_ratio_sweep_on_llama7b(ratio):
         ("llama13b", "lora", 6_553_600),
         ("llama13b", "hlpt", 7_060_520),
         ("llama13b", "h2lpt", 3_530_260),
+        # SmolLM2-135M (GQA: 3 key-value heads of 64): prefix 30 × 30 × (192 + 192), LoRA q,v r=8
+        # 30 × 8 × (2·576 + 576 + 192); HLPT/H²LPT as the committed results/ runs report
+        ("smollm2_135m", "prefix", 30 * 30 * (192 + 192)),
+        ("smollm2_135m", "lora", 30 * 8 * (2 * 576 + 576 + 192)),
+        ("smollm2_135m", "hlpt", 481_758),
+        ("smollm2_135m", "h2lpt", 235_791),
         # (IA)^3 on LLaMA-7B: 32 × (4096 + 4096 + 11008)
         ("llama7b", "ia3", 614_400),
         # parallel adapter, bottleneck 256: 32 × (4096·256 + 256 + 256·4096 + 4096)
