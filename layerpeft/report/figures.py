@@ -101,10 +101,11 @@ def convergence(runs: list[Run], out: Path) -> list[Path]:
     if not curves:
         return []
     # past ten runs the default colour cycle repeats: take 20 colours and vary the marker too
-    palette = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20").colors
-    fig, ax = plt.subplots(figsize=(10 if len(curves) <= 10 else 13, 4.5))
+    many = len(curves) > 10
+    palette, markers = (plt.get_cmap("tab20").colors, "o^Dv") if many else (plt.get_cmap("tab10").colors, "o")
+    fig, ax = plt.subplots(figsize=(13 if many else 10, 4.5))
     for i, (r, train, val) in enumerate(curves):
-        color, marker = palette[i % len(palette)], "o^Dv"[i % 4] if len(curves) > 10 else "o"
+        color, marker = palette[i % len(palette)], markers[i % len(markers)]
         ax.plot(*zip(*train), marker=marker, color=color, label=r.label)
         if val:
             ax.plot(*zip(*val), marker=marker, linestyle="--", color=color, markerfacecolor="none")
