@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,28 @@ def test_report_reproduces_the_committed_results(tmp_path):
             assert ("hlpt", "19.22", "23:7") in rows and ("none", "1.81", "") in rows
 
 
+def _documented_report_commands() -> dict[str, str]:
+    """`layerpeft report … --out results/NAME` as results/README.md prints them, by NAME."""
+    text = re.sub(r"\\\n\s*", " ", (REPO / "results" / "README.md").read_text())  # join continued lines
+    return {m[2]: m[1] for m in re.finditer(r"layerpeft report ([^`\n]*?) --out results/([\w.-]+)", text)}
+
+
+def test_documented_report_commands_regenerate_the_committed_reports(tmp_path):
+    """Each committed report directory is what its command in results/README.md writes today."""
+    commands = _documented_report_commands()
+    committed = {d.name for d in (REPO / "results").iterdir() if (d / "report.md").is_file()}
+    assert committed == set(commands), "a committed report without its command in results/README.md, or the reverse"
+    for name, args in commands.items():
+        out = tmp_path / name
+        p = subprocess.run(f"{EXE} report {args} --out {out}", shell=True, executable="/bin/bash", cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stdout + p.stderr
+        for table in ("report.md", "report.csv"):
+            assert (out / table).read_text() == (REPO / "results" / name / table).read_text(), (name, table)
+        figures = sorted(f.name for f in (REPO / "results" / name).glob("*.png"))
+        assert sorted(f.name for f in out.glob("*.png")) == figures, name
+
+
 def _run_dir(root: Path, name: str, method: str, segments: list[tuple[int, int]], average: float,
              overrides: list[str], train: dict | None = None) -> Path:
     """A finished run directory as `layerpeft train` leaves it (the files `report` reads)."""
@@ -70,7 +93,8 @@ def test_ratio_sweep_figure_orders_ratios_and_draws_the_reference(tmp_path):
     _run_dir(runs_dir, "3", "lora", [(0, 30)], 18.0, ["method=lora"])
     runs = collect_runs([runs_dir])
     series, refs = sweep_series(runs)
-    assert series == {"hlpt": [("5:27\n(5:25)", 15.0), ("16:16\n(15:15)", 17.0), ("24:8\n(23:7)", 19.0)]}
+    assert series == {"hlpt": [(5 / 30, "5:27\n(5:25)", 15.0), (15 / 30, "16:16\n(15:15)", 17.0),
+                               (23 / 30, "24:8\n(23:7)", 19.0)]}
     assert refs == [("lora (all layers)", 18.0)]
     p = subprocess.run([EXE, "report", str(runs_dir), "--out", str(tmp_path / "out")], capture_output=True,
                        text=True, timeout=120)

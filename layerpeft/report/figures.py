@@ -28,15 +28,20 @@ def _requested_ratio(run: Run) -> str | None:
     return None
 
 
-def sweep_series(runs: list[Run]) -> tuple[dict[str, list[tuple[str, float]]], list[tuple[str, float]]]:
-    """Points of the ratio figure: per method, (ratio label, average) ordered by the bottom
-    part; and the reference lines, (label, average) of runs whose plan has one segment."""
+def sweep_series(runs: list[Run]) -> tuple[dict[str, list[tuple[float, str, float]]], list[tuple[str, float]]]:
+    """Points of the ratio figure: per method, (share of the layers in the bottom part, ratio
+    label, average) ordered by that share; and the reference lines, (label, average) of runs
+    whose plan has one segment. The share, not the label's rank, places a point, so a sweep
+    with ratios still missing keeps its spacing."""
     swept = [r for r in runs if r.metrics.get("average") is not None and len(r.segments.split(":")) >= 2]
-    series: dict[str, list[tuple[str, float]]] = {}
-    for r in sorted(swept, key=lambda r: [int(x) for x in r.segments.split(":")]):
+    series: dict[str, list[tuple[float, str, float]]] = {}
+    for r in swept:
+        parts = [int(x) for x in r.segments.split(":")]
         asked = _requested_ratio(r)
         label = r.segments if not asked or asked == r.segments else f"{asked}\n({r.segments})"
-        series.setdefault(r.metrics.get("method"), []).append((label, r.metrics["average"]))
+        series.setdefault(r.metrics.get("method"), []).append((parts[0] / sum(parts), label, r.metrics["average"]))
+    for points in series.values():
+        points.sort()
     refs = [(f"{r.metrics.get('method')} (all layers)", r.metrics["average"]) for r in runs
             if r.metrics.get("average") is not None and r.segments and ":" not in r.segments]
     return series, refs
@@ -48,18 +53,19 @@ def ratio_sweep(runs: list[Run], out: Path) -> list[Path]:
     some method ran at two ratios or more: a table of methods at their default ratios (HLPT
     23:7 beside H²LPT 11:15:4) is no sweep."""
     series, refs = sweep_series(runs)
-    if not any(len({label for label, _ in points}) >= 2 for points in series.values()):
+    if not any(len({label for _, label, _ in points}) >= 2 for points in series.values()):
         return []
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    ticks: dict[str, int] = {}
+    ticks: dict[float, str] = {}
     for method, points in sorted(series.items()):
-        for label, _ in points:
-            ticks.setdefault(label, len(ticks))
-        ax.plot([ticks[label] for label, _ in points], [avg for _, avg in points], marker="o", label=method)
+        for share, label, _ in points:
+            ticks.setdefault(share, label)
+        ax.plot([share for share, _, _ in points], [avg for _, _, avg in points], marker="o", label=method)
     for i, (label, avg) in enumerate(refs):
         ax.axhline(avg, linestyle="--", color=f"C{len(series) + i}", label=label)
-    ax.set_xticks(list(ticks.values()), list(ticks))
-    ax.set_xlabel("bottom:top layers (requested, and as placed on this model)")
+    ax.set_xticks(list(ticks), list(ticks.values()))
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("bottom:top layers (requested, and as placed on this model), at the bottom part's share")
     ax.set_ylabel("average accuracy (%)")
     ax.set_title("Accuracy against the bottom:top layer ratio")
     ax.grid(alpha=0.3)
