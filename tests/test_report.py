@@ -11,7 +11,7 @@ from pathlib import Path
 
 from conftest import REPO
 from layerpeft.report.figures import convergence, epoch_losses, ist_heatmaps, ratio_sweep, sweep_series
-from layerpeft.report.tables import collect_runs, relative_rows
+from layerpeft.report.tables import chance_accuracy, chance_rows, collect_runs, relative_rows
 
 EXE = str(Path(sys.executable).with_name("layerpeft"))
 
@@ -141,3 +141,24 @@ def test_relative_table_compares_with_the_baseline(tmp_path):
     p = subprocess.run([EXE, "report", str(tmp_path / "runs"), "--relative", "--baseline", "nosuch"],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "no run is labelled 'nosuch'" in p.stdout
+
+
+def test_above_chance_subtracts_what_the_runs_own_answers_score_shuffled(tmp_path):
+    """A run that always answers the majority scores the base rate and sits at 0 above chance;
+    a perfect run on a 3:1 set sits at 100 - (3/4·3/4 + 1/4·1/4)·100 = 37.5 above it."""
+    gold = ["true", "true", "true", "false"]
+    for name, preds in (("constant", ["true"] * 4), ("perfect", gold)):
+        d = _run_dir(tmp_path / "runs", name, name, [(0, 30)], 0.0, [f"method={name}"])
+        acc = 100.0 * sum(p == g for p, g in zip(preds, gold)) / 4
+        m = json.loads((d / "metrics.json").read_text())
+        m["datasets"] = {"boolq": {"n": 4, "correct": acc / 25, "accuracy": acc}}
+        (d / "metrics.json").write_text(json.dumps(m))
+        (d / "predictions.jsonl").write_text("".join(
+            json.dumps({"dataset": "boolq", "pred": p, "gold": g}) + "\n" for p, g in zip(preds, gold)))
+    assert chance_accuracy([("true", "true"), ("true", "false")]) == 50.0
+    header, rows = chance_rows(collect_runs([tmp_path / "runs"]))
+    assert header == ["run", "method", "boolq", "Avg.", "status"]
+    assert {r[1]: r[2:4] for r in rows} == {"constant": [0.0, 0.0], "perfect": [37.5, 37.5]}
+    p = subprocess.run([EXE, "report", str(tmp_path / "runs"), "--above-chance"], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0 and "| method=perfect | perfect | 37.50 | 37.50 | ok |" in p.stdout, p.stdout + p.stderr

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from layerpeft.report.tables import collect_runs, csv_text, efficiency_rows, markdown, relative_rows, table_rows
+from layerpeft.report.tables import (chance_rows, collect_runs, csv_text, efficiency_rows, markdown, relative_rows,
+                                     table_rows)
 
 
 def main(argv: list[str]) -> int:
@@ -17,6 +18,10 @@ def main(argv: list[str]) -> int:
                     help="the PEFT survey's efficiency table (params, memory, throughput, adapter size)")
     ap.add_argument("--relative", action="store_true",
                     help="parameters, training time and accuracy relative to --baseline (HLPT Table 5)")
+    ap.add_argument("--above-chance", action="store_true",
+                    help="each accuracy minus what the run's own answers score when shuffled across the "
+                         "questions (from predictions.jsonl): near 0 means the answer format was learnt, "
+                         "not the task")
     ap.add_argument("--baseline", default=None,
                     help="run label, directory name or method that --efficiency/--relative compare with "
                          "(--efficiency default: a `full` run)")
@@ -37,6 +42,8 @@ def main(argv: list[str]) -> int:
             header, rows = efficiency_rows(runs, args.baseline)
         elif args.relative:
             header, rows = relative_rows(runs, args.baseline)
+        elif args.above_chance:
+            header, rows = chance_rows(runs)
         else:
             header, rows = table_rows(runs)
     except ValueError as e:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from layerpeft.rundir import METRICS, PLAN, read_metrics
+from layerpeft.rundir import METRICS, PLAN, PREDICTIONS, read_metrics
 
 
 @dataclass
@@ -115,6 +116,34 @@ def accuracy_table(labelled: list[tuple[str, dict[str, Any]]]) -> str:
     header, rows = table_rows(runs)
     keep = [i for i, h in enumerate(header) if h not in ("layers", "status")]
     return markdown([header[i] for i in keep], [[r[i] for i in keep] for r in rows])
+
+
+def chance_accuracy(answers: list[tuple[Any, Any]]) -> float:
+    """Accuracy (%) expected of (prediction, gold) pairs if the predictions were shuffled across
+    the questions: sum over answers a of p(pred = a) * p(gold = a). A small model that learns a
+    task's answer format but not the task scores about this (e.g. always "true" on BoolQ), so a
+    score only means something by how far it rises above it."""
+    preds, golds = Counter(str(p) for p, _ in answers), Counter(str(g) for _, g in answers)
+    return 100.0 * sum(preds[a] * golds[a] for a in golds) / len(answers) ** 2
+
+
+def chance_rows(runs: list[Run]) -> tuple[list[str], list[list[Any]]]:
+    """Per run and test set, the accuracy above ``chance_accuracy`` of the run's own answers
+    (read from predictions.jsonl); "Avg." is the mean over the sets."""
+    header, rows = table_rows(runs)
+    datasets = header[3:header.index("Avg.")]
+    out = []
+    for r, row in zip(runs, rows):
+        answers: dict[str, list[tuple[Any, Any]]] = defaultdict(list)
+        if (r.path / PREDICTIONS).is_file():
+            for line in (r.path / PREDICTIONS).read_text().splitlines():
+                x = json.loads(line)
+                answers[x["dataset"]].append((x["pred"], x["gold"]))
+        margins = [acc - chance_accuracy(answers[d]) if acc is not None and answers[d] else None
+                   for d, acc in zip(datasets, row[3:3 + len(datasets)])]
+        known = [m for m in margins if m is not None]
+        out.append([r.label, r.metrics.get("method"), *margins, sum(known) / len(known) if known else None, row[-1]])
+    return ["run", "method", *datasets, "Avg.", "status"], out
 
 
 def find_baseline(runs: list[Run], baseline: str) -> Run:
