@@ -149,9 +149,9 @@ def test_above_chance_subtracts_what_the_runs_own_answers_score_shuffled(tmp_pat
     gold = ["true", "true", "true", "false"]
     for name, preds in (("constant", ["true"] * 4), ("perfect", gold)):
         d = _run_dir(tmp_path / "runs", name, name, [(0, 30)], 0.0, [f"method={name}"])
-        acc = 100.0 * sum(p == g for p, g in zip(preds, gold)) / 4
+        correct = sum(p == g for p, g in zip(preds, gold))
         m = json.loads((d / "metrics.json").read_text())
-        m["datasets"] = {"boolq": {"n": 4, "correct": acc / 25, "accuracy": acc}}
+        m["datasets"] = {"boolq": {"n": 4, "correct": correct, "accuracy": 25.0 * correct}}
         (d / "metrics.json").write_text(json.dumps(m))
         (d / "predictions.jsonl").write_text("".join(
             json.dumps({"dataset": "boolq", "pred": p, "gold": g}) + "\n" for p, g in zip(preds, gold)))
@@ -162,3 +162,8 @@ def test_above_chance_subtracts_what_the_runs_own_answers_score_shuffled(tmp_pat
     p = subprocess.run([EXE, "report", str(tmp_path / "runs"), "--above-chance"], capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 0 and "| method=perfect | perfect | 37.50 | 37.50 | ok |" in p.stdout, p.stdout + p.stderr
+    with open(d / "predictions.jsonl", "a") as f:  # a run killed while writing its last answer
+        f.write('{"dataset": "boolq", "pred"')
+    p = subprocess.run([EXE, "report", str(tmp_path / "runs"), "--above-chance"], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2 and f"{d / 'predictions.jsonl'}:5: not a prediction record" in p.stdout, p.stdout

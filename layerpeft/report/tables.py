@@ -135,10 +135,14 @@ def chance_rows(runs: list[Run]) -> tuple[list[str], list[list[Any]]]:
     out = []
     for r, row in zip(runs, rows):
         answers: dict[str, list[tuple[Any, Any]]] = defaultdict(list)
-        if (r.path / PREDICTIONS).is_file():
-            for line in (r.path / PREDICTIONS).read_text().splitlines():
-                x = json.loads(line)
-                answers[x["dataset"]].append((x["pred"], x["gold"]))
+        path = r.path / PREDICTIONS
+        if path.is_file():
+            for i, line in enumerate(path.read_text().splitlines(), 1):
+                try:
+                    x = json.loads(line)
+                    answers[x["dataset"]].append((x["pred"], x["gold"]))
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise ValueError(f"{path}:{i}: not a prediction record ({e!r})") from e
         margins = [acc - chance_accuracy(answers[d]) if acc is not None and answers[d] else None
                    for d, acc in zip(datasets, row[3:3 + len(datasets)])]
         known = [m for m in margins if m is not None]
