@@ -149,8 +149,13 @@ def get_adapters(model: nn.Module) -> AdapterSet:
     return adapters
 
 
-def apply_plan(model: nn.Module, plan: LayerPlan) -> AdapterSet:
-    """Freeze ``model``, place the plan's modules and return them."""
+def apply_plan(model: nn.Module, plan: LayerPlan, seed: int | None = None) -> AdapterSet:
+    """Freeze ``model``, place the plan's modules and return them.
+
+    ``seed`` seeds torch's global generator before the modules draw their random
+    initialisation, so a run's ``seed`` fixes its starting adapter (and the dropout masks drawn
+    after it), not only its data order; ``None`` leaves the generator as it is.
+    """
     if isinstance(getattr(model, ATTR, None), AdapterSet):
         raise ValueError("model already has a layer plan applied")
     family = family_of(model.config)
@@ -160,6 +165,8 @@ def apply_plan(model: nn.Module, plan: LayerPlan) -> AdapterSet:
     for p in model.parameters():
         p.requires_grad_(False)
     device = next(model.parameters()).device
+    if seed is not None:
+        torch.manual_seed(seed)
     adapters = AdapterSet(plan, dims, family, device=device)
     adapters.train(model.training)
     model.add_module(ATTR, adapters)

@@ -125,6 +125,21 @@ def test_save_load_roundtrip(model_name, case, tmp_path):
     assert torch.equal(got, expected)
 
 
+@pytest.mark.parametrize("case", ["hlpt", "prefix", "para"])
+def test_seed_fixes_the_initialisation(case):
+    """The same seed gives the same random initialisation; another seed a different one."""
+    cfg = case_cfg("tiny", case)
+
+    def initial(seed, draws_before):
+        model, _ = load_model(cfg.model)
+        torch.rand(draws_before)  # what drew from the generator before must not matter
+        return {n: p.clone() for n, p in apply_plan(model, plan_for(cfg), seed=seed).trainable().items()}
+
+    a, again, other = initial(7, 1), initial(7, 5), initial(8, 1)
+    assert all(torch.equal(a[n], again[n]) for n in a)
+    assert any(not torch.equal(a[n], other[n]) for n in a)
+
+
 def test_prefix_reparam_folds_to_the_same_function():
     _, model, adapters, ids, _ = build("tiny", "prefix_reparam")
     with torch.no_grad():

@@ -71,6 +71,18 @@ def test_run_directory_contents(tmp_path):
     assert sum(p.numel() for p in model.layerpeft.parameters()) == metrics["trainable_params"]
 
 
+def test_seed_fixes_the_starting_adapter(tmp_path):
+    """At lr 0 a run's adapter is its initialisation: `seed` must decide it."""
+    def adapter(name, seed):
+        train_cli(tmp_path / name, "method=hlpt", f"seed={seed}", "train.lr=0", "train.max_steps=1", "eval.enabled=false")
+        return load_file(tmp_path / name / "adapter" / "adapter.safetensors")
+
+    a, again, other = adapter("a", 3), adapter("again", 3), adapter("other", 4)
+    assert a.keys() == again.keys() == other.keys()
+    assert all(torch.equal(a[k], again[k]) for k in a)
+    assert any(not torch.equal(a[k], other[k]) for k in a)
+
+
 def test_kill_after_first_checkpoint_then_resume_matches_uninterrupted(tmp_path):
     args = ["method=hlpt", "train.max_steps=40", "train.save_steps=4", "eval.enabled=false",
             "train.batch_size=8", "train.micro_batch_size=4"]

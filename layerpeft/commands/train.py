@@ -75,7 +75,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
 
 def train_and_save(cfg: DictConfig, plan, task, model, tok, dev, tracker, run_dir: Path) -> dict:
     """Apply the plan, train, save the adapter; the run's metrics so far (status ``evaluating``)."""
-    adapters = apply_plan(model, plan)
+    adapters = apply_plan(model, plan, seed=int(cfg.seed))
     write_json(run_dir / PLAN, {**plan.to_dict(), "layer_params": [adapters.layer_params(i) for i in range(plan.num_layers)]})
     metrics: dict = {"status": "evaluating", "model": cfg.model.name, "method": plan.method,
                      "dataset": task.name, "trainable_params": adapters.num_params(),
