@@ -193,19 +193,33 @@ def apply_plan(model: nn.Module, plan: LayerPlan, seed: int | None = None) -> Ad
 
 
 def _context_hook(ctx: ForwardContext):
-    """Model-level pre-hook: record the prompt mask and whether this is a cached step."""
+    """Model-level pre-hook: record the prompt mask, the packed sequences (if any) and whether
+    this is a cached step."""
 
     def hook(_mod, args, kwargs):
         prompt_mask = kwargs.pop("prompt_mask", None)
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         ctx.decoding = cache is not None and cache.get_seq_length() > 0
         if not ctx.decoding:
+            attention_mask = kwargs.get("attention_mask")
             if prompt_mask is None:
-                prompt_mask = kwargs.get("attention_mask")
+                prompt_mask = attention_mask
             ctx.prompt_mask = None if prompt_mask is None else prompt_mask.bool()
+            ctx.segments = packed_segments(kwargs.get("position_ids")) if attention_mask is None else None
         return args, kwargs
 
     return hook
+
+
+def packed_segments(position_ids: torch.Tensor | None) -> torch.Tensor | None:
+    """Sequence index of each token of a padding-free row (positions restart at each sequence,
+    the rule transformers' masks use for packed inputs), or None when nothing is packed."""
+    if position_ids is None or position_ids.dim() != 2 or position_ids.shape[1] < 2:
+        return None
+    restarts = position_ids[:, 1:] != position_ids[:, :-1] + 1
+    if not restarts.any():
+        return None
+    return torch.cat([torch.zeros_like(position_ids[:, :1]), restarts.long().cumsum(dim=1)], dim=1)
 
 
 def save_adapter(model: nn.Module, directory: str | Path, extra_meta: dict | None = None) -> Path:

@@ -98,6 +98,24 @@ def test_teacher_forced_equals_cached_decoding(model_name, case):
     torch.testing.assert_close(cached, full[:, PROMPT - 1 : T - 1], atol=2e-5, rtol=0)
 
 
+@pytest.mark.parametrize("model_name,case", CASES)
+@pytest.mark.parametrize("with_prompt_mask", [True, False], ids=["prompt_mask", "plain_forward"])
+def test_every_module_is_causal(model_name, case, with_prompt_mask):
+    """Changing token k changes no logit before k: not inside the prompt (the prefix gate and
+    PARA read the prompt), not in a plain ``model(ids)`` call (the whole input is the prompt)."""
+    _, model, adapters, ids, _ = build(model_name, case)
+    perturb(adapters, std=0.5)
+    extra = {"prompt_mask": prompt_mask()} if with_prompt_mask else {}
+    with torch.no_grad():
+        before = model(input_ids=ids, **extra).logits
+        for k in (3, PROMPT - 1, PROMPT + 2):
+            changed = ids.clone()
+            changed[:, k] = (changed[:, k] + 7) % model.config.vocab_size
+            after = model(input_ids=changed, **extra).logits
+            torch.testing.assert_close(after[:, :k], before[:, :k], atol=1e-6, rtol=0)
+            assert not torch.allclose(after[:, k], before[:, k])  # the change itself is seen
+
+
 @pytest.mark.parametrize("model_name", TINY_MODELS)
 def test_prefix_gate_reads_only_the_prompt(model_name):
     """Negative control for the test above: the gate is pooled over the prompt, not the response."""

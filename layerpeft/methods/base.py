@@ -8,11 +8,11 @@ stay plain transformers operations). Every module scales its contribution by
 it and tests disable modules with it.
 
 Modules that depend on the prompt (the prefix gate, PARA's vector generator) read the
-shared ``ForwardContext``; per-sequence state computed from the prompt is kept across
-cached decoding steps, and beam reordering never changes it (all beams of one prompt share it).
-A decoder that drops finished sequences from its batch calls ``select_sequences`` so that
-this state follows the rows that remain.
-``ForwardContext.last_prompt_index`` is where per-layer vector generators (PARA) read.
+shared ``ForwardContext``, causally: a prompt token uses the prompt up to itself, later tokens
+the whole prompt. The whole prompt's state is kept per sequence across cached decoding steps,
+and beam reordering never changes it (all beams of one prompt share it). A decoder that drops
+finished sequences from its batch calls ``select_sequences`` so that this state follows the
+rows that remain.
 
 Cross-layer structure (Tied-LoRA) fits the same contract: a tied tensor is created once at
 the model level and each layer's module refers to it without registering it as its own
@@ -34,38 +34,73 @@ class ForwardContext:
     """Facts about the current forward pass, set by the model-level pre-hook.
 
     ``prompt_mask`` (B, T) marks the prompt tokens of this forward's inputs: the
-    whole non-padded input at generation's prefill, the prompt part of a
-    teacher-forced training sequence. ``decoding`` is true on cached steps after
-    the prefill, when per-sequence state must be reused rather than recomputed.
+    whole non-padded input at generation's prefill (and in a plain ``model(ids)`` call),
+    the prompt part of a teacher-forced training sequence. ``segments`` (B, T) numbers the
+    sequences packed into one row (padding-free training); None when each row is one
+    sequence. ``decoding`` is true on cached steps after the prefill, when per-sequence state
+    must be reused rather than recomputed.
+
+    Everything read from the prompt is *causal*: a token inside the prompt sees only the
+    prompt up to itself, a token after the prompt sees the whole prompt. So the loss on a
+    prompt token (``train_on_inputs``) cannot read later tokens, while the response and every
+    decoded token use what the full prompt gives (docs/design.md, "Causal prompt modules").
     """
 
     def __init__(self) -> None:
         self.prompt_mask: torch.Tensor | None = None
+        self.segments: torch.Tensor | None = None
         self.decoding: bool = False
 
-    def prompt_mean(self, h: torch.Tensor) -> torch.Tensor:
-        """Mean of ``h`` (B, T, D) over each sequence's prompt tokens → (B, D)."""
+    def _mask(self, batch: int, length: int, device) -> torch.Tensor:
         mask = self.prompt_mask
         if mask is None:
-            return h.mean(dim=1)
-        if mask.shape != h.shape[:2]:
+            return torch.ones(batch, length, dtype=torch.bool, device=device)
+        if mask.shape != (batch, length):
             raise ValueError(
                 f"prompt_mask has shape {tuple(mask.shape)} but the hidden states are "
-                f"{tuple(h.shape[:2])} (batch, tokens)"
+                f"{(batch, length)} (batch, tokens)"
             )
-        w = mask.to(h.dtype).unsqueeze(-1)
-        return (h * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
+        return mask.to(device=device, dtype=torch.bool)
+
+    def prompt_running_mean(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) → (B, T, D): at each position the mean of ``h`` over the prompt tokens of
+        its sequence up to and including it. After the prompt it is the whole prompt's mean;
+        before the first prompt token (left padding) it is 0."""
+        w = self._mask(*h.shape[:2], h.device).to(h.dtype).unsqueeze(-1)
+        total = segment_cumsum(h * w, self.segments)
+        count = segment_cumsum(w, self.segments)
+        return total / count.clamp_min(1.0)
+
+    def prompt_source_index(self, batch: int, length: int, device) -> torch.Tensor:
+        """(B, T): the position whose prompt state each token uses — itself inside the prompt,
+        its sequence's last prompt token after the prompt (prompts open their sequences)."""
+        pos = torch.arange(length, device=device).expand(batch, length)
+        src = torch.where(self._mask(batch, length, device), pos, -1).cummax(dim=1).values
+        return torch.where(src < 0, pos, src)
 
     def last_prompt_index(self, batch: int, length: int, device) -> torch.Tensor:
-        """Index of each sequence's last prompt token (works with left and right padding)."""
-        if self.prompt_mask is None:
-            return torch.full((batch,), length - 1, device=device, dtype=torch.long)
+        """(B,): each row's last prompt token (left or right padding); what decoding reuses."""
         pos = torch.arange(length, device=device).expand(batch, length)
-        return torch.where(self.prompt_mask.bool(), pos, -1).max(dim=1).values.clamp_min(0)
+        return torch.where(self._mask(batch, length, device), pos, -1).max(dim=1).values.clamp_min(0)
 
     def select_sequences(self, index: torch.Tensor) -> None:
         if self.prompt_mask is not None:
             self.prompt_mask = self.prompt_mask[index]
+
+
+def segment_cumsum(x: torch.Tensor, segments: torch.Tensor | None) -> torch.Tensor:
+    """Cumulative sum along dim 1 of ``x`` (B, T, D), restarting where ``segments`` (B, T)
+    changes value (the packed sequences of a padding-free row)."""
+    total = x.cumsum(dim=1)
+    if segments is None:
+        return total
+    batch, length = segments.shape
+    pos = torch.arange(length, device=x.device).expand(batch, length)
+    starts = torch.ones_like(segments, dtype=torch.bool)
+    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    first = torch.where(starts, pos, 0).cummax(dim=1).values  # start of each token's sequence
+    before = total.gather(1, (first - 1).clamp_min(0).unsqueeze(-1).expand_as(total))
+    return total - torch.where((first > 0).unsqueeze(-1), before, torch.zeros_like(before))
 
 
 class AdapterModule(nn.Module):

@@ -6,11 +6,15 @@ b_up = 1: the identity at the start), and splits ``l`` into ``l_q`` (size of Q),
 of V: kv_heads × head_dim on GQA models) and ``l_u`` (FFN width): ``Q' = l_q ⊙ Q``,
 ``V' = l_v ⊙ V``, ``U' = l_u ⊙ U`` (the FFN up projection).
 
-The vectors are computed once per sequence from the prompt — at generation's prefill, or from
-the prompt part of a teacher-forced training sequence (``ForwardContext.prompt_mask``) — and
-reused for every decoded token and every beam (beams of one prompt share them, so beam
-reordering leaves them valid). That is why PARA decodes faster than unmerged LoRA: per token it
-adds three element-wise products and no matrix products.
+The paper reads the last prompt token, which a token *inside* the prompt has not seen yet: with
+the loss on the prompt (``train_on_inputs``) that would leak the future. So the generator is
+causal: a prompt token's vectors come from its own hidden state, a token after the prompt uses
+the last prompt token's (the paper's vectors). The response and generation are therefore
+exactly the paper's: the prompt's vectors are computed at the prefill (or from the prompt part
+of a teacher-forced sequence, ``ForwardContext.prompt_mask``) and reused for every decoded token
+and every beam (beams of one prompt share them, so beam reordering leaves them valid). That is
+why PARA decodes faster than unmerged LoRA: per decoded token it adds three element-wise
+products and no matrix products.
 
 With response scale s the applied vector is ``1 + s (l − 1)``; s = 0 is the base model.
 """
@@ -47,19 +51,24 @@ class PARA(AdapterModule):
         self.down = nn.Parameter(torch.randn(dims.hidden, r) * float(options["init_std"]))
         self.up = nn.Parameter(torch.zeros(r, out))
         self.up_bias = nn.Parameter(torch.ones(out))
-        self._vectors: dict[str, torch.Tensor] | None = None
+        self._vectors: dict[str, torch.Tensor] | None = None  # (B, size): the prompt's, for decoding
+        self._current: dict[str, torch.Tensor] | None = None  # (B, T or 1, size): this forward's
 
     def _generate(self, _mod, args, kwargs):
         h = kwargs.get("hidden_states", args[0] if args else None)
         if self.ctx.decoding:
             if self._vectors is None or self._vectors["q"].shape[0] != h.shape[0]:
                 raise RuntimeError(f"PARA layer {self.layer_idx}: a cached decoding step without a matching prefill")
+            self._current = {role: vec.unsqueeze(1) for role, vec in self._vectors.items()}
             return None
         batch, length = h.shape[:2]
-        last = self.ctx.last_prompt_index(batch, length, h.device)
-        x = h[torch.arange(batch, device=h.device), last].to(self.down.dtype)  # (B, d)
-        vec = torch.nn.functional.gelu(x @ self.down) @ self.up + self.up_bias
-        self._vectors = dict(zip(self.sizes, vec.split(list(self.sizes.values()), dim=-1)))
+        vec = torch.nn.functional.gelu(h.to(self.down.dtype) @ self.down) @ self.up + self.up_bias  # (B, T, out)
+        src = self.ctx.prompt_source_index(batch, length, h.device)
+        vec = vec.gather(1, src.unsqueeze(-1).expand_as(vec))
+        last = vec[torch.arange(batch, device=h.device), self.ctx.last_prompt_index(batch, length, h.device)]
+        sizes = list(self.sizes.values())
+        self._current = dict(zip(self.sizes, vec.split(sizes, dim=-1)))
+        self._vectors = dict(zip(self.sizes, last.split(sizes, dim=-1)))
         return None
 
     def select_sequences(self, index):
@@ -73,8 +82,10 @@ class PARA(AdapterModule):
                 s = self.response_scale
                 if s == 0.0:
                     return out
-                vec = self._vectors[role] if s == 1.0 else 1.0 + s * (self._vectors[role] - 1.0)
-                return out * vec.unsqueeze(1).to(out.dtype)  # one product per decoded token
+                vec = self._current[role]
+                if s != 1.0:
+                    vec = 1.0 + s * (vec - 1.0)
+                return out * vec.to(out.dtype)  # one product per token
 
             handles.append(self.target(layer, role).register_forward_hook(hook))
         return handles

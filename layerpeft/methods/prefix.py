@@ -12,18 +12,24 @@ would align it top-left). The module's ``response_scale`` s enters as ``log s`` 
 columns (the prefix's unnormalised attention weight times s); s = 0 removes the prefix.
 
 HLPT's gate ``g_p = sigmoid(w·x̄ + b)`` is computed from the layer's attention input pooled
-over the *prompt* tokens (one value per sequence), so the gate of generation's prefill is the
-one used in training and stays valid for every decoded token.
+over the *prompt*, causally: a query inside the prompt pools the prompt up to itself (a running
+mean), a query after it pools the whole prompt. So the response and every decoded token use one
+gate per sequence (the one generation's prefill ends with, valid for the whole cached decode),
+and no prompt token's output depends on later tokens. With one gate per query the prefix keys
+and values differ per query, which one SDPA call cannot express: gated layers compute their
+attention explicitly (``gated_attention``); ungated prefixes keep the model's own kernel.
 """
 
 from __future__ import annotations
 
 import math
 import sys
+from typing import Callable
 
 import torch
 from torch import nn
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 from layerpeft.methods.base import AdapterModule, check_positive_int
@@ -32,7 +38,18 @@ _ATTR = "_layerpeft_prefix"
 _PREFIX_IMPLS = ("sdpa", "eager")
 
 
-class Prefix(AdapterModule):
+class ExtendsAttention:
+    """A module that adds key/value columns to its layer's attention (``attach_attention``):
+    ``extend`` widens keys, values and mask, and ``attend`` runs the model's kernel on them."""
+
+    def extend(self, query, key, value, mask):
+        raise NotImplementedError
+
+    def attend(self, base_fn: Callable, module, query, key, value, mask, **kwargs):
+        return base_fn(module, query, *self.extend(query, key, value, mask), **kwargs)
+
+
+class Prefix(ExtendsAttention, AdapterModule):
     kind = "prefix"
     defaults = {
         "num_tokens": 30,
@@ -64,7 +81,8 @@ class Prefix(AdapterModule):
             self.key = nn.Parameter(torch.randn(shape) * std)
             self.value = nn.Parameter(torch.randn(shape) * std)
         self.gate = nn.Linear(dims.hidden, 1) if options["gate"] else None
-        self._seq_gate: torch.Tensor | None = None
+        self._seq_gate: torch.Tensor | None = None  # (B, 1): the whole prompt's, for decoding
+        self._gates: torch.Tensor | None = None  # (B, T): this forward's, one per query
 
     def key_value(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The prefix keys and values, each (kv_heads, num_tokens, head_dim)."""
@@ -94,9 +112,13 @@ class Prefix(AdapterModule):
                     f"prefix gate of layer {self.layer_idx}: a cached decoding step without a "
                     "matching prefill (batch changed?)"
                 )
+            self._gates = self._seq_gate.expand(-1, h.shape[1])
             return None
-        pooled = self.ctx.prompt_mean(h)
-        self._seq_gate = torch.sigmoid(self.gate(pooled.to(self.gate.weight.dtype)))  # (B, 1)
+        pooled = self.ctx.prompt_running_mean(h.to(self.gate.weight.dtype))
+        gates = torch.sigmoid(self.gate(pooled)).squeeze(-1)  # (B, T)
+        last = self.ctx.last_prompt_index(*gates.shape, gates.device)
+        self._gates = gates
+        self._seq_gate = gates.gather(1, last[:, None])
         return None
 
     def select_sequences(self, index):
@@ -104,16 +126,26 @@ class Prefix(AdapterModule):
             self._seq_gate = self._seq_gate[index]
 
     # --- attention --------------------------------------------------------------------
-    def extend(self, query, key, value, mask):
-        """Prepend the (gated) prefix to ``key``/``value`` and widen ``mask`` to match."""
+    def _expanded(self, key, value):
         batch = key.shape[0]
         pk, pv = self.key_value()
-        pk = pk.to(key.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
-        pv = pv.to(value.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
-        if self.gate is not None:
-            g = self._seq_gate.to(key.dtype).view(batch, 1, 1, 1)
-            pk, pv = pk * g, pv * g
+        return (pk.to(key.dtype).unsqueeze(0).expand(batch, -1, -1, -1),
+                pv.to(value.dtype).unsqueeze(0).expand(batch, -1, -1, -1))
+
+    def extend(self, query, key, value, mask):
+        """Prepend the (ungated) prefix to ``key``/``value`` and widen ``mask`` to match."""
+        pk, pv = self._expanded(key, value)
         return prepend_kv(query, key, value, mask, pk, pv, self.response_scale)
+
+    def attend(self, base_fn: Callable, module, query, key, value, mask, **kwargs):
+        """Ungated: the model's kernel over the widened keys. Gated: the explicit computation
+        with one gate per query."""
+        if self.gate is None:
+            return super().attend(base_fn, module, query, key, value, mask, **kwargs)
+        pk, pv = self._expanded(key, value)
+        return gated_attention(query, key, value, mask, pk, pv, self._gates.to(query.dtype), self.response_scale,
+                               scaling=kwargs.get("scaling"), dropout=kwargs.get("dropout", 0.0),
+                               training=module.training)
 
     def attach(self, layer):
         attn = self.target(layer, "attention")
@@ -142,6 +174,40 @@ def prepend_kv(query, key, value, mask, pk, pv, scale: float):
     return key, value, torch.cat([cols, mask.expand(*mask.shape[:2], q_len, kv_len)], dim=-1)
 
 
+def _causal_part(mask, q_len: int, kv_len: int, dtype, device) -> torch.Tensor:
+    """The token columns' additive mask (…, q_len, kv_len) from a bool, float or absent mask
+    (absent = causal, aligned bottom-right as with a KV cache)."""
+    neg = torch.finfo(dtype).min
+    if mask is None:
+        rows = torch.arange(q_len, device=device)[:, None] + (kv_len - q_len)
+        mask = (torch.arange(kv_len, device=device)[None, :] <= rows)[None, None]
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, neg)
+    return mask[..., :kv_len].to(dtype)
+
+
+def gated_attention(query, key, value, mask, pk, pv, gates, scale: float, scaling: float | None = None,
+                    dropout: float = 0.0, training: bool = False):
+    """Attention over ``[prefix; tokens]`` where query t sees the prefix keys and values times its
+    own gate ``gates[:, t]`` (B, T): prefix logits ``g_t q·P_k`` and values ``g_t P_v``. ``scale``
+    (the response scale) weights the prefix columns as ``log scale`` does in ``prepend_kv``.
+    Returns (B, T, heads, head_dim) like transformers' attention functions."""
+    groups = query.shape[1] // key.shape[1]
+    n = pk.shape[2]
+    keys = repeat_kv(torch.cat([pk, key], dim=2), groups)
+    values = repeat_kv(torch.cat([pv, value], dim=2), groups)
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    logits = (query @ keys.transpose(-1, -2)) * scaling  # (B, H, T, n + S)
+    g = gates[:, None, :, None]
+    q_len, kv_len = query.shape[2], key.shape[2]
+    prefix = logits[..., :n] * g + math.log(scale)
+    tokens = logits[..., n:] + _causal_part(mask, q_len, kv_len, logits.dtype, logits.device)
+    probs = torch.softmax(torch.cat([prefix, tokens], dim=-1), dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = torch.nn.functional.dropout(probs, p=dropout, training=training)
+    out = (probs[..., :n] * g) @ values[:, :, :n] + probs[..., n:] @ values[:, :, n:]
+    return out.transpose(1, 2).contiguous(), None
+
+
 def attach_attention(module: AdapterModule, attn: nn.Module) -> "_DictEntryHandle":
     """Make ``module.extend`` part of ``attn``'s attention (see ``install_prefix_attention``)."""
     attn.__dict__[_ATTR] = module
@@ -163,7 +229,8 @@ def install_prefix_attention(model: nn.Module) -> None:
 
     The wrapper delegates to the model's own implementation (sdpa or eager) and only
     changes layers that carry a module attached by ``attach_attention`` (a prefix, a soft
-    prompt's keys and values); the matching mask function is registered too.
+    prompt's keys and values), through that module's ``attend``; the matching mask function is
+    registered too.
     """
     impl = model.config._attn_implementation
     if impl.startswith("layerpeft_"):
@@ -181,7 +248,7 @@ def install_prefix_attention(model: nn.Module) -> None:
     def attention(module, query, key, value, attention_mask, **kwargs):
         extra = module.__dict__.get(_ATTR)
         if extra is not None and extra.response_scale != 0.0:
-            key, value, attention_mask = extra.extend(query, key, value, attention_mask)
+            return extra.attend(base_fn, module, query, key, value, attention_mask, **kwargs)
         return base_fn(module, query, key, value, attention_mask, **kwargs)
 
     name = f"layerpeft_{impl}_{model.config.model_type}"

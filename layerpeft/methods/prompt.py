@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from layerpeft.methods.base import AdapterModule, check_choice, check_positive_int
-from layerpeft.methods.prefix import attach_attention, prepend_kv
+from layerpeft.methods.prefix import ExtendsAttention, attach_attention, prepend_kv
 from layerpeft.models.roles import Dims
 
 
@@ -76,7 +76,7 @@ class SoftPrompt(nn.Module):
             ctx.prompt_mask = saved
 
 
-class PromptTuning(AdapterModule):
+class PromptTuning(ExtendsAttention, AdapterModule):
     kind = "prompt"
     defaults = {"num_tokens": 20, "init": "vocab", "seed": 42}
     zero_init = False
