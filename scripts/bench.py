@@ -11,7 +11,7 @@
         time per optimizer step (IST's probes included: 10 timed steps hold one importance
         update) and peak memory of the steps (RSS growth over the loaded model), with and
         without IST, same batch, alternating processes. A step is the training loop's: batch 16
-        accumulated from micro-batches of 4, the probes on the first micro-batch.
+        accumulated from micro-batches of 4, the probes on a fresh batch of 16 in eval mode.
     python scripts/bench.py efficiency --model smollm2_135m --out outputs/efficiency
         the PEFT survey's efficiency table: `layerpeft train +experiment=efficiency` (a few
         optimizer steps, a few eval problems) for each of its methods, each in its own process
@@ -65,7 +65,7 @@ def train_worker(args) -> dict:
         if args.ist:
             from layerpeft.train.ist import IST
 
-            ist = IST(adapters, compose("train", []).ist, mu=100.0)
+            ist = IST(adapters, compose("train", []).ist, mu=10.0, num_examples=1000)
     else:
         from peft import LoraConfig, get_peft_model
 
@@ -84,11 +84,19 @@ def train_worker(args) -> dict:
 
     count = [0]
 
+    @torch.inference_mode()
+    def probe(indices):  # IST's probe: a fresh batch of len(indices) sequences, eval mode
+        model.eval()
+        fresh = torch.randint(10, model.config.vocab_size, (len(indices), args.seq_len), device=args.device)
+        losses = [loss_of(b).item() for b in fresh.split(args.micro_batch or args.batch)]
+        model.train()
+        return sum(losses) / len(losses)
+
     def step():
-        """One optimizer step as the training loop takes it: IST's probes (every interval, on
-        the first micro-batch) and selection, then the accumulated micro-batches."""
+        """One optimizer step as the training loop takes it: IST's probes (every interval, on a
+        fresh batch of 16) and selection, then the accumulated micro-batches."""
         if ist is not None:
-            ist.probe(count[0], lambda: loss_of(micro[0]))
+            ist.probe(count[0], probe)
             ist.select()
         count[0] += 1
         for batch in micro:
@@ -232,7 +240,8 @@ def bench_eval(args) -> dict:
 def bench_greedy(args) -> dict:
     from layerpeft.data.files import data_dir, read_examples
     from layerpeft.data.prompts import STOP_MARKERS, prompt_text
-    from layerpeft.eval.generate import cut_response, greedy_decode, stopped_by_marker
+    from layerpeft.eval.generate import greedy_decode, stopped_by_marker
+    from layerpeft.eval.protocol import cut_at_markers as cut_response
     from layerpeft.peft_model import load_adapter
 
     _, model, tok = _load(args.model)

@@ -11,7 +11,8 @@ from conftest import case_cfg
 from layerpeft import apply_plan
 from layerpeft.commands.plan import plan_for
 from layerpeft.data.prompts import prompt_text
-from layerpeft.eval.generate import cut_response, generate, greedy_decode
+from layerpeft.eval.generate import generate, greedy_decode
+from layerpeft.eval.protocol import cut_at_markers
 from layerpeft.models.loading import load_model
 
 PROMPTS = [prompt_text(q) for q in ("Add 2 and 3.", "Ben has 14 marbles and gives away 6. How many are left?",
@@ -42,7 +43,7 @@ def test_batched_generation_equals_single_prompt_generation(case):
 
 
 def test_response_is_cut_at_the_next_template_section():
-    assert cut_response(" The answer is 5.\n\n### Instruction:\nMore") == "The answer is 5."
+    assert cut_at_markers(" The answer is 5.\n\n### Instruction:\nMore") == "The answer is 5."
 
 
 def first_end(tokens: list[int], eos: int) -> int:
@@ -69,8 +70,9 @@ def test_greedy_decode_drops_finished_rows_and_matches_generate(case):
     assert sizes == sorted(sizes, reverse=True)
     hf = model.generate(**enc, max_new_tokens=steps, do_sample=False, eos_token_id=eos,
                         pad_token_id=tok.pad_token_id)[:, enc.input_ids.shape[1]:].tolist()
-    assert ours == [row[: first_end(row, eos)] for row in hf]
-    assert ours == [row[: first_end(row, eos)] for row in free]
+    # rows end with the EOS they emitted
+    assert ours == [row[: first_end(row, eos) + 1] for row in hf]
+    assert ours == [row[: first_end(row, eos) + 1] for row in free]
 
 
 def test_interrupted_evaluation_resumes_with_its_finished_sets(tmp_path, monkeypatch):
@@ -83,7 +85,7 @@ def test_interrupted_evaluation_resumes_with_its_finished_sets(tmp_path, monkeyp
     model, tok = perturbed_model("lora")
     evals = {"SVAMP": [{"instruction": q, "answer": "5"} for q in ("Add 2 and 3.", "x", "Take 1 from 6.")],
              "AddSub": [{"instruction": q, "answer": "8"} for q in ("Add 4 and 4.", "Multiply 2 by 4.")]}
-    cfg = OmegaConf.create({"batch_size": 2, "max_new_tokens": 6, "num_beams": 1, "limit": None, "mode": "strict"})
+    cfg = OmegaConf.create({"batch_size": 2, "max_new_tokens": 6, "num_beams": None, "limit": None, "mode": "strict"})
     full = gen.evaluate(model, tok, evals, cfg, tmp_path / "full.jsonl")
 
     real, decoded = gen.generate, []

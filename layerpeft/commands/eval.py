@@ -43,7 +43,8 @@ def run(cfg: DictConfig) -> dict:
     OmegaConf.save(cfg, out_dir / CONFIG, resolve=True)
     metrics = {"model": model_cfg.name, "method": run_cfg.method.name if run_cfg is not None else "none",
                "dataset": dataset.name, "run": cfg.run, "status": "ok"}
-    metrics.update(evaluate(model, tok, task.evals, cfg.eval, out_dir / PREDICTIONS, task.missing))
+    metrics.update(evaluate(model, tok, task.evals, cfg.eval, out_dir / PREDICTIONS, task.missing,
+                            dataset.max_new_tokens))
     write_json(out_dir / METRICS, metrics)
     print(accuracy_table([(out_dir.name, metrics)]))
     print(f"eval directory: {out_dir}")

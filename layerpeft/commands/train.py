@@ -61,7 +61,8 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
             write_json(run_dir / METRICS, metrics)
         t_eval = time.perf_counter()
         if cfg.eval.enabled:
-            metrics.update(evaluate(model, tok, task.evals, cfg.eval, run_dir / PREDICTIONS, task.missing))
+            metrics.update(evaluate(model, tok, task.evals, cfg.eval, run_dir / PREDICTIONS, task.missing,
+                                    cfg.dataset.max_new_tokens))
             tracker.log_eval(metrics)
         metrics["efficiency"]["inference_tokens_per_s"] = metrics.get("inference_tokens_per_s")
         metrics["status"] = "ok"

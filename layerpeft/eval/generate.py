@@ -1,9 +1,10 @@
 """Zero-shot evaluation: batched, left-padded generation with the KV cache, then scoring.
 
 LLM-Adapters generates one prompt at a time with 4 beams and no cache, which is very slow;
-here prompts are sorted by length and generated in batches, greedy by default
-(``eval.num_beams`` for parity runs). Decoding stops at EOS or when the model starts a new
-template section ("### Instruction:" …), and the response is cut there.
+here prompts are sorted by length and generated in batches. How a question is prompted,
+decoded and cut is the evaluation protocol (``eval.mode``, ``eval/protocol.py``): ``strict``
+(greedy, stopped at EOS or the template's next section) or ``parity`` (LLM-Adapters' scripts:
+4 beams through ``generate``, no stop strings).
 
 Greedy decoding uses ``greedy_decode`` rather than ``model.generate``: generate keeps finished
 sequences in the batch until the last one ends, so a single answer that never stops makes
@@ -24,18 +25,11 @@ import torch
 from tqdm import tqdm
 from transformers import DynamicCache
 
-from layerpeft.data.prompts import STOP_MARKERS, prompt_text
+from layerpeft.data.prompts import STOP_MARKERS
 from layerpeft.eval.answers import extract, is_correct
+from layerpeft.eval.protocol import resolve
 from layerpeft.models.loading import device_name
 from layerpeft.peft_model import ATTR
-
-
-def cut_response(text: str) -> str:
-    for marker in STOP_MARKERS:
-        i = text.find(marker)
-        if i >= 0:
-            text = text[:i]
-    return text.strip()
 
 
 def stopped_by_marker(tokenizer):
@@ -51,7 +45,7 @@ def stopped_by_marker(tokenizer):
 @torch.no_grad()
 def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
                   eos_token_id: int | list[int] | None, stopped=None) -> list[list[int]]:
-    """Greedy continuations (token ids, EOS excluded) of a left-padded batch.
+    """Greedy continuations (token ids, ending with EOS when it was emitted) of a left-padded batch.
 
     Each sequence leaves the batch as soon as it emits EOS or ``stopped(tokens)`` is true: the
     KV cache, the attention mask, the positions and the adapters' per-sequence state (PARA's
@@ -72,9 +66,9 @@ def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         tokens = logits[:, -1].argmax(dim=-1)
         keep = []
         for j, (row, token) in enumerate(zip(rows, tokens.tolist())):
+            out[row].append(token)
             if token in eos:
                 continue
-            out[row].append(token)
             if stopped is None or not stopped(out[row]):
                 keep.append(j)
         if not keep or step == max_new_tokens - 1:
@@ -94,76 +88,74 @@ def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int, num_beams: int = 1,
-             device: torch.device | None = None, stats: dict[str, float] | None = None,
-             desc: str | None = None) -> list[str]:
-    """Responses to ``prompts`` (in order), batched by length with left padding.
+             stop_at_markers: bool = True, device: torch.device | None = None, stats: dict[str, float] | None = None,
+             desc: str | None = None) -> list[tuple[list[int], list[int]]]:
+    """(prompt token ids, continuation token ids) for each of ``prompts`` (in order), batched by
+    length with left padding. The continuation ends with EOS when the model emitted it; greedy
+    decoding also stops at a template marker when ``stop_at_markers``, beam search never does.
 
     ``stats``, when given, accumulates ``new_tokens`` (generated, up to EOS/stop) and ``seconds``.
     """
     device = device or next(model.parameters()).device
     tokenizer.padding_side = "left"
+    eos = tokenizer.eos_token_id
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    out: list[str] = [""] * len(prompts)
+    out: list[tuple[list[int], list[int]]] = [([], [])] * len(prompts)
     starts = range(0, len(order), batch_size)
     for start in tqdm(starts, desc=desc, disable=desc is None, dynamic_ncols=True):
         idx = order[start : start + batch_size]
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
         t0 = time.perf_counter()
         if num_beams == 1:
-            new = greedy_decode(model, enc.input_ids, enc.attention_mask, max_new_tokens, tokenizer.eos_token_id,
-                                stopped_by_marker(tokenizer))
+            new = greedy_decode(model, enc.input_ids, enc.attention_mask, max_new_tokens, eos,
+                                stopped_by_marker(tokenizer) if stop_at_markers else None)
         else:
-            gen = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                num_beams=num_beams,
-                do_sample=False,
-                use_cache=True,
-                stop_strings=list(STOP_MARKERS),
-                tokenizer=tokenizer,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            new = [[t for t in row if t != tokenizer.pad_token_id] for row in gen[:, enc.input_ids.shape[1] :].tolist()]
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+                                 use_cache=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
+            new = [_until_eos(row, eos) for row in gen[:, enc.input_ids.shape[1]:].tolist()]
         if stats is not None:
             stats["seconds"] = stats.get("seconds", 0.0) + time.perf_counter() - t0
-            stats["new_tokens"] = stats.get("new_tokens", 0) + sum(map(len, new))
-        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-        for i, text in zip(idx, texts):
-            out[i] = cut_response(text)
+            stats["new_tokens"] = stats.get("new_tokens", 0) + sum(len(row) - (row[-1:] == [eos]) for row in new)
+        for j, i in enumerate(idx):
+            out[i] = (enc.input_ids[j][enc.attention_mask[j].bool()].tolist(), new[j])
     return out
 
 
-def finished_sets(predictions_path: Path | None, eval_cfg) -> dict[str, list[dict[str, Any]]]:
+def _until_eos(row: list[int], eos: int | None) -> list[int]:
+    """A ``generate`` row up to and including its first EOS (what follows is padding)."""
+    return row[: row.index(eos) + 1] if eos is not None and eos in row else row
+
+
+def finished_sets(predictions_path: Path | None, decode: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """Prediction lines of the sets an earlier, interrupted evaluation already finished.
 
-    A set's lines are reused only when they were decoded with the same ``num_beams`` and
-    ``max_new_tokens``; ``evaluate`` also checks that they cover the same examples."""
+    A set's lines are reused only when they were decoded the same way (``decode``: protocol,
+    ``num_beams``, ``max_new_tokens``); ``evaluate`` also checks that they cover the same examples."""
     if predictions_path is None or not predictions_path.is_file():
         return {}
     done: dict[str, list[dict[str, Any]]] = {}
     with open(predictions_path, encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
-            if (row.get("num_beams"), row.get("max_new_tokens")) == (int(eval_cfg.num_beams), int(eval_cfg.max_new_tokens)):
+            if all(row.get(k, "strict" if k == "mode" else None) == v for k, v in decode.items()):
                 done.setdefault(row["dataset"], []).append(row)
     return done
 
 
 def evaluate(model, tokenizer, evals: dict[str, list[dict[str, Any]]], eval_cfg, predictions_path: Path | None = None,
-             missing: dict[str, str] | None = None) -> dict[str, Any]:
+             missing: dict[str, str] | None = None, dataset_max_new_tokens: int | None = None) -> dict[str, Any]:
     """Score every evaluation set; writes one JSON line per example to ``predictions_path``.
 
     The file is rewritten after each set, so an evaluation stopped part-way (a long CPU run,
     a job's time limit) keeps its finished sets, and evaluating into the same file again
-    (``train.resume=true``) decodes only the sets still missing. Reused answers are scored
-    again, so a change of ``eval.mode`` applies to them too."""
+    (``train.resume=true``) decodes only the sets still missing."""
     model.eval()
+    protocol, num_beams, max_new_tokens = resolve(eval_cfg, dataset_max_new_tokens)
     results: dict[str, Any] = {}
     lines: list[dict[str, Any]] = []
     stats: dict[str, float] = {}
-    earlier = finished_sets(predictions_path, eval_cfg)
-    decode = {"num_beams": int(eval_cfg.num_beams), "max_new_tokens": int(eval_cfg.max_new_tokens)}
+    decode = {"mode": protocol.name, "num_beams": num_beams, "max_new_tokens": max_new_tokens}
+    earlier = finished_sets(predictions_path, decode)
     for name, items in evals.items():
         if eval_cfg.limit:
             items = items[: int(eval_cfg.limit)]
@@ -171,14 +163,15 @@ def evaluate(model, tokenizer, evals: dict[str, list[dict[str, Any]]], eval_cfg,
         if [r["instruction"] for r in old] == [ex["instruction"] for ex in items]:
             responses = [r["response"] for r in old]
         else:
-            prompts = [prompt_text(ex["instruction"], ex.get("input", "")) for ex in items]
-            responses = generate(model, tokenizer, prompts, int(eval_cfg.batch_size), int(eval_cfg.max_new_tokens),
-                                 int(eval_cfg.num_beams), stats=stats, desc=f"eval {name}")
+            prompts = [protocol.prompt(ex) for ex in items]
+            decoded = generate(model, tokenizer, prompts, int(eval_cfg.batch_size), max_new_tokens, num_beams,
+                               protocol.stop_at_markers, stats=stats, desc=f"eval {name}")
+            responses = [protocol.response(tokenizer, name, p, new) for p, new in decoded]
         correct = 0
         for i, (ex, resp) in enumerate(zip(items, responses)):
-            ok = is_correct(name, resp, ex["answer"], mode=eval_cfg.mode)
+            ok = is_correct(name, resp, ex["answer"], mode=protocol.name)
             correct += ok
-            pred = extract(name, resp, eval_cfg.mode)
+            pred = extract(name, resp, protocol.name)
             lines.append({"dataset": name, "index": i, "instruction": ex["instruction"], "response": resp,
                           "gold": ex["answer"], "pred": pred, "correct": ok, **decode})
         n = len(items)
@@ -197,7 +190,8 @@ def evaluate(model, tokenizer, evals: dict[str, list[dict[str, Any]]], eval_cfg,
         "datasets": results,
         "average": sum(accs) / len(accs) if accs else None,
         "missing": dict(missing or {}),
-        "scoring": eval_cfg.mode,
-        "num_beams": int(eval_cfg.num_beams),
+        "scoring": protocol.name,
+        "num_beams": num_beams,
+        "max_new_tokens": max_new_tokens,
         "inference_tokens_per_s": stats["new_tokens"] / stats["seconds"] if stats.get("seconds") else None,
     }

@@ -29,7 +29,7 @@ from layerpeft.data.prompts import collate, tokenize_example
 from layerpeft.models.loading import device_name
 from layerpeft.peft_model import get_adapters
 from layerpeft.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from layerpeft.train.ist import IST
+from layerpeft.train.ist import IST, default_mu
 
 SCHEDULES = {
     "linear": get_linear_schedule_with_warmup,
@@ -79,7 +79,20 @@ def recipe(cfg, key: str):
     """``train.<key>`` if set, else the method's ``train.<key>`` (its paper's recipe), else the default."""
     if cfg.train.get(key) is not None:
         return cfg.train[key]
-    return (cfg.method.get("train") or {}).get(key, RECIPE_DEFAULTS[key])
+    return (cfg.method.get("train") or {}).get(key, RECIPE_DEFAULTS.get(key))
+
+
+def warmup_steps(cfg, total: int) -> int:
+    """Warm-up length: ``train.warmup_steps``, else ``train.warmup_ratio`` of the steps, else the
+    method's recipe (steps or ratio: PARA warms up over 6 % of the steps), else 100. A ratio
+    rounds up, as the HF Trainer's ``warmup_ratio`` does."""
+    method = cfg.method.get("train") or {}
+    for source in (cfg.train, method):
+        if source.get("warmup_steps") is not None:
+            return int(source["warmup_steps"])
+        if source.get("warmup_ratio") is not None:
+            return math.ceil(float(source["warmup_ratio"]) * total)
+    return RECIPE_DEFAULTS["warmup_steps"]
 
 
 def resolve_lr(cfg) -> float:
@@ -89,12 +102,12 @@ def resolve_lr(cfg) -> float:
     return float(by_dataset.get(cfg.dataset.name, cfg.method.lr))
 
 
-def make_ist(model, cfg) -> IST | None:
+def make_ist(model, cfg, num_examples: int) -> IST | None:
     ist_cfg = cfg.get("ist")
     if ist_cfg is None or not ist_cfg.enabled:
         return None
-    mu = ist_cfg.mu if ist_cfg.mu is not None else (10.0 if "commonsense" in cfg.dataset.name else 100.0)
-    return IST(get_adapters(model), ist_cfg, mu)
+    mu = ist_cfg.mu if ist_cfg.mu is not None else default_mu(ist_cfg.variant, cfg.dataset.name)
+    return IST(get_adapters(model), ist_cfg, mu, num_examples)
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -126,9 +139,11 @@ def _loss(model, batch, dev: Device) -> torch.Tensor:
         return model(**batch).loss
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def validation_loss(model, batches: list[dict[str, torch.Tensor]], dev: Device) -> float:
-    """Mean loss per predicted token over ``batches`` (the model is left in training mode)."""
+    """Mean loss per predicted token over ``batches``, in eval mode (no dropout); the model is
+    left in training mode. Also IST's probe loss: a batch split into micro-batches weighs each
+    token once, as the whole batch in one forward would."""
     model.eval()
     total, count = 0.0, 0
     for batch in batches:
@@ -137,6 +152,19 @@ def validation_loss(model, batches: list[dict[str, torch.Tensor]], dev: Device) 
         count += n
     model.train()
     return total / max(count, 1)
+
+
+def examples_loss(model, tokenizer, data: list[dict[str, Any]], micro_batch_size: int, dev: Device):
+    """``loss(indices)``: the validation loss (eval mode, no gradients) of the tokenised training
+    examples ``data[i]`` for i in indices, in micro-batches — what IST's probes measure."""
+
+    def loss(indices: list[int]) -> float:
+        chunks = [indices[i : i + micro_batch_size] for i in range(0, len(indices), micro_batch_size)]
+        return validation_loss(model, [{k: v.to(dev.device) for k, v in collate([data[j] for j in c],
+                                                                                   tokenizer.pad_token_id).items()}
+                                       for c in chunks], dev)
+
+    return loss
 
 
 def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, dev: Device, tracker,
@@ -165,15 +193,18 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
     schedule = recipe(cfg, "schedule")
     if schedule not in SCHEDULES:
         raise ValueError(f"train.schedule={schedule!r} is not one of {', '.join(SCHEDULES)}")
-    scheduler = SCHEDULES[schedule](optimizer, int(recipe(cfg, "warmup_steps")), total)
+    warmup = warmup_steps(cfg, total)
+    scheduler = SCHEDULES[schedule](optimizer, warmup, total)
 
-    ist = make_ist(model, cfg)
-    step, history, val_history, tokens, wall = 0, [], [], 0, 0.0
+    ist = make_ist(model, cfg, len(data))
+    probe_loss = examples_loss(model, tokenizer, data, t_cfg.micro_batch_size, dev)
+
+    step, history, grad_history, val_history, tokens, wall = 0, [], [], [], 0, 0.0
     resume_from = latest_checkpoint(run_dir) if t_cfg.resume else None
     if resume_from is not None:
         state = load_checkpoint(resume_from, model, optimizer)
         step, history, tokens, wall = state["step"], state["loss_history"], state["tokens"], state["wall_s"]
-        val_history = state.get("val_history", [])
+        val_history, grad_history = state.get("val_history", []), state.get("grad_norm_history", [])
         if ist is not None:
             ist.load(state["ist"], state["tensors"])
         with warnings.catch_warnings():  # replaying the schedule; torch warns as no optimizer step came first
@@ -197,9 +228,9 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
         micro = [batch_idx[i : i + t_cfg.micro_batch_size] for i in range(0, len(batch_idx), t_cfg.micro_batch_size)]
         batches = [{k: v.to(dev.device) for k, v in collate([data[i] for i in c], tokenizer.pad_token_id).items()}
                    for c in micro]
-        if ist is not None:  # one selection per optimizer step; probes on its first micro-batch
+        if ist is not None:  # one selection per optimizer step, after the importance update if due
             probes = len(ist.trajectory)
-            ist.probe(step, lambda: _loss(model, batches[0], dev))
+            ist.probe(step, probe_loss)
             if len(ist.trajectory) > probes:
                 tracker.log({f"ist/importance/layer_{layer}": v
                              for layer, v in zip(ist.layers, ist.importance.tolist())}, step=step)
@@ -216,8 +247,10 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
             (loss * len(chunk) / len(batch_idx)).backward()
             losses.append(loss.item())
             step_tokens += int(batch["attention_mask"].sum())
-        if t_cfg.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, t_cfg.max_grad_norm)
+        # The gradient's norm before clipping (the HF Trainer clips at 1.0, as LLM-Adapters, IST
+        # and PARA trained); max_grad_norm 0 or null measures it without clipping.
+        clip = float(t_cfg.max_grad_norm or 0.0)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf")))
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -227,6 +260,7 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
         tokens += step_tokens
         step_loss = sum(losses) / len(losses)
         history.append([step, step_loss])
+        grad_history.append([step, grad_norm])
         bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{step_tokens / dt:.0f}")
         bar.update(1)
         if val_batches and (step % steps_per_epoch == 0 or step == total):
@@ -236,7 +270,7 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
         if step % t_cfg.log_every == 0:
             tracker.log(
                 {"train/loss": step_loss, "train/lr": scheduler.get_last_lr()[0], "train/tokens_per_s": step_tokens / dt,
-                 "train/epoch": step / steps_per_epoch},
+                 "train/grad_norm": grad_norm, "train/epoch": step / steps_per_epoch},
                 step=step,
             )
         if t_cfg.save_steps and step % t_cfg.save_steps == 0 and step < total:
@@ -249,8 +283,8 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
             ist_json, ist_tensors = ist.state() if ist is not None else (None, None)
             last_ckpt = save_checkpoint(
                 run_dir, model, optimizer,
-                {"step": step, "loss_history": history, "val_history": val_history, "tokens": tokens, "wall_s": wall,
-                 "ist": ist_json},
+                {"step": step, "loss_history": history, "val_history": val_history, "grad_norm_history": grad_history,
+                 "tokens": tokens, "wall_s": wall, "ist": ist_json},
                 ist_tensors,
             )
     bar.close()
@@ -268,8 +302,10 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
         "lr": lr,
         "schedule": schedule,
         "weight_decay": float(recipe(cfg, "weight_decay")),
-        "warmup_steps": int(recipe(cfg, "warmup_steps")),
+        "warmup_steps": warmup,
+        "max_grad_norm": float(t_cfg.max_grad_norm or 0.0),
         "steps_per_epoch": steps_per_epoch,
         "loss_history": history,
+        "grad_norm_history": grad_history,  # [step, norm before clipping]
         "val_loss_history": val_history,  # [epoch (fractional at the end of a max_steps run), loss]
     }
