@@ -138,7 +138,7 @@ def test_probe_loss_is_the_eval_mode_loss_and_changes_nothing():
         for p in adapters.parameters():
             p.add_(torch.randn_like(p) * 0.3)
     data = [tokenize_example(tok, ex, 256, True) for ex in synthetic_math(20, 0)]
-    loss = examples_loss(model, tok, data, 4, pick_device(cfg.train))
+    loss = examples_loss(model, tok, data, 4, pick_device(OmegaConf.create({"device": "cpu", "precision": "fp32"})))
     model.train()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     grads = {n: p.requires_grad for n, p in model.named_parameters()}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from layerpeft import load_run
@@ -38,8 +39,24 @@ def test_run_directory_contents(tmp_path):
     assert metrics["status"] == "ok" and metrics["datasets"]["synthetic"]["n"] == 8
     assert set(metrics["train"]) >= {"steps", "final_loss", "tokens_per_s", "peak_memory_mb", "trainable_params", "wall_s"}
     assert metrics["train"]["steps"] == 3 and metrics["train"]["lr"] == 3e-3
-    # precision=auto and device=auto resolve to the CPU in fp32 here; the run records what it used
-    assert (metrics["train"]["device"], metrics["train"]["precision"]) == ("cpu", "fp32")
+    # precision=auto is bf16 autocast on a CPU with bf16 instructions, fp32 on one without; the run
+    # records what it used and why
+    flags = Path("/proc/cpuinfo").read_text()
+    native = "avx512_bf16" in flags.split() or "amx_bf16" in flags.split()
+    assert (metrics["train"]["device"], metrics["train"]["precision"]) == ("cpu", "bf16" if native else "fp32")
+    assert ("natively" if native else "no native bf16") in metrics["train"]["precision_reason"]
+    # the protocol: clipped at 1.0 (as the HF Trainer the papers used), the norm recorded per step
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["max_grad_norm"] == 1.0
+    assert [s for s, _ in metrics["train"]["grad_norm_history"]] == [1, 2, 3]
+    assert all(n > 0 for _, n in metrics["train"]["grad_norm_history"])
+    # provenance: code version, libraries, machine, base weights; one segment for one process
+    prov = metrics["provenance"]
+    assert len(prov["commit"]) == 40 and isinstance(prov["dirty"], bool)
+    assert prov["versions"]["torch"] == torch.__version__ and prov["versions"]["transformers"]
+    assert prov["machine"]["native_bf16"] is native and prov["machine"]["cpu"]
+    assert prov["base_weights"] == {"model": "tiny", "source": "tiny", "dtype": "float32", "seed": 0}
+    (seg,) = metrics["segments"]
+    assert seg["phases"] == ["train", "evaluate"] and metrics["wall_s"] == pytest.approx(seg["seconds"])
     # 600 synthetic problems, batches of 16: 38 steps an epoch; validation at the run's end
     assert metrics["train"]["steps_per_epoch"] == 38
     ((epoch, val_loss),) = metrics["train"]["val_loss_history"]
@@ -99,8 +116,12 @@ def test_kill_after_first_checkpoint_then_resume_matches_uninterrupted(tmp_path)
     proc.wait()
     assert not (killed / "metrics.json").exists()
     train_cli(killed, *args, "train.resume=true")
+    resumed = json.loads((killed / "metrics.json").read_text())
+    # two processes, both counted: the killed one up to its last checkpoint
+    assert [s["phases"] for s in resumed["segments"]] == [["train"], ["train"]]
+    assert resumed["wall_s"] == pytest.approx(sum(s["seconds"] for s in resumed["segments"]))
     a = json.loads((full / "metrics.json").read_text())["train"]
-    b = json.loads((killed / "metrics.json").read_text())["train"]
+    b = resumed["train"]
     assert b["steps"] == a["steps"] == 40
     assert b["final_loss"] == pytest.approx(a["final_loss"], rel=1e-6)
     wa = load_file(full / "adapter" / "adapter.safetensors")
@@ -127,6 +148,8 @@ def test_run_stopped_while_evaluating_keeps_its_training_and_resume_only_evaluat
     assert "training had finished, evaluating its adapter" in p.stdout
     done = json.loads((cut / "metrics.json").read_text())
     assert done["status"] == "ok" and done["train"] == stopped["train"]  # not trained again
+    assert [s["phases"] for s in done["segments"]] == [["train"], ["evaluate"]]
+    assert done["wall_s"] == pytest.approx(sum(s["seconds"] for s in done["segments"]))
     assert adapter.stat().st_mtime_ns == saved
     assert done["datasets"] == json.loads((full / "metrics.json").read_text())["datasets"]
     assert done["efficiency"]["inference_tokens_per_s"] > 0
@@ -185,3 +208,19 @@ def test_wandb_logs_offline_without_credentials(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     offline = list((run / "wandb").glob("offline-run-*"))
     assert offline and list(offline[0].glob("*.wandb"))
+
+
+@pytest.mark.parametrize("method", ["hlpt", "para"])
+def test_a_loaded_run_is_causal_in_a_plain_forward(tmp_path, method):
+    """What lm-evaluation-harness or a notebook does with load_run(): model(ids), no prompt mask."""
+    run = tmp_path / method
+    train_cli(run, f"method={method}", "train.max_steps=3", "train.lr=0.05", "train.warmup_steps=0",
+              "eval.enabled=false")
+    model, _ = load_run(run)
+    ids = torch.randint(3, 259, (2, 16))
+    changed = ids.clone()
+    changed[:, 9] = (changed[:, 9] + 11) % 259
+    with torch.no_grad():
+        before, after = model(input_ids=ids).logits, model(input_ids=changed).logits
+    torch.testing.assert_close(after[:, :9], before[:, :9], atol=1e-6, rtol=0)
+    assert not torch.allclose(after[:, 9:], before[:, 9:])

@@ -12,7 +12,6 @@ adapter without training again.
 
 from __future__ import annotations
 
-import time
 import traceback
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from layerpeft.eval.generate import evaluate
 from layerpeft.export import export_peft_lora, peft_compatible
 from layerpeft.models.loading import load_model
 from layerpeft.peft_model import apply_plan, get_adapters, load_adapter, save_adapter
+from layerpeft.provenance import Segment, provenance
 from layerpeft.rundir import ADAPTER_DIR, CONFIG, IST_FILE, METRICS, PLAN, PREDICTIONS, read_metrics, write_json
 from layerpeft.tracking import make_tracker
 from layerpeft.train.loop import pick_device, train
@@ -40,33 +40,35 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     plan = plan_for(cfg)
     task = load_task(cfg.dataset, cfg.data)
     dev = pick_device(cfg.train)
+    segment = Segment(dev.device)
     OmegaConf.save(cfg, run_dir / CONFIG, resolve=True)
     tracker = make_tracker(cfg, run_dir, group=sweep_group())
     failed = True
     try:
-        t0 = time.perf_counter()
         model, tok = load_model(cfg.model, dtype=dev.model_dtype, device=dev.device)
         trained = read_metrics(run_dir) if cfg.train.resume else None
         if trained is not None and trained.get("status") == "evaluating":
             # Training finished in an earlier process that stopped while evaluating: score its adapter.
             if (run_dir / ADAPTER_DIR).is_dir():
                 load_adapter(model, run_dir / ADAPTER_DIR)
-            metrics = trained
+            metrics, before = trained, trained.get("segments", [])
             print(f"resumed {run_dir}: training had finished, evaluating its adapter")
         else:
-            metrics = train_and_save(cfg, plan, task, model, tok, dev, tracker, run_dir)
-            metrics["wall_s"] = time.perf_counter() - t0
+            segment.did("train")
+            metrics = train_and_save(cfg, plan, task, model, tok, dev, tracker, run_dir, segment)
+            before = (metrics.get("train") or {}).pop("segments_before", [])
+            metrics["provenance"] = provenance(cfg.model, dev.device, dev.model_dtype)
             # Written before evaluating, so a run stopped there keeps its training record and
             # `train.resume=true` goes straight to evaluation.
-            write_json(run_dir / METRICS, metrics)
-        t_eval = time.perf_counter()
+            write_json(run_dir / METRICS, {**metrics, **timing(before, segment)})
         if cfg.eval.enabled:
+            segment.did("evaluate")
             metrics.update(evaluate(model, tok, task.evals, cfg.eval, run_dir / PREDICTIONS, task.missing,
                                     cfg.dataset.max_new_tokens))
             tracker.log_eval(metrics)
         metrics["efficiency"]["inference_tokens_per_s"] = metrics.get("inference_tokens_per_s")
         metrics["status"] = "ok"
-        metrics["wall_s"] += time.perf_counter() - t_eval
+        metrics.update(timing(before, segment))
         write_json(run_dir / METRICS, metrics)
         failed = False
         return metrics
@@ -74,7 +76,13 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
         tracker.finish(failed=failed)
 
 
-def train_and_save(cfg: DictConfig, plan, task, model, tok, dev, tracker, run_dir: Path) -> dict:
+def timing(before: list[dict], segment: Segment) -> dict:
+    """The run's processes so far and its total time (``wall_s``: their sum)."""
+    segments = [*before, segment.record()]
+    return {"segments": segments, "wall_s": sum(s["seconds"] for s in segments)}
+
+
+def train_and_save(cfg: DictConfig, plan, task, model, tok, dev, tracker, run_dir: Path, segment: Segment) -> dict:
     """Apply the plan, train, save the adapter; the run's metrics so far (status ``evaluating``)."""
     adapters = apply_plan(model, plan, seed=int(cfg.seed))
     write_json(run_dir / PLAN, {**plan.to_dict(), "layer_params": [adapters.layer_params(i) for i in range(plan.num_layers)]})
@@ -84,7 +92,7 @@ def train_and_save(cfg: DictConfig, plan, task, model, tok, dev, tracker, run_di
     # Kept in host memory: for full fine-tuning this is a second copy of the model.
     initial = {n: p.detach().to("cpu", copy=True) for n, p in adapters.trainable().items()}
     if adapters.num_params():
-        metrics["train"] = train(model, tok, task.train, cfg, run_dir, dev, tracker, val=task.val)
+        metrics["train"] = train(model, tok, task.train, cfg, run_dir, dev, tracker, val=task.val, segment=segment)
         metrics["train"]["trainable_params"] = adapters.num_params()
         ist = metrics["train"].pop("ist")
         if ist is not None:  # the trajectory (for the heat map) goes beside the metrics

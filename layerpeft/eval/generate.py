@@ -28,7 +28,7 @@ from transformers import DynamicCache
 from layerpeft.data.prompts import STOP_MARKERS
 from layerpeft.eval.answers import extract, is_correct
 from layerpeft.eval.protocol import resolve
-from layerpeft.models.loading import device_name
+from layerpeft.provenance import device_name
 from layerpeft.peft_model import ATTR
 
 

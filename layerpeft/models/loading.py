@@ -85,11 +85,6 @@ def _gguf_checkpoint(m: dict) -> Path:
     return target
 
 
-def device_name(device: torch.device) -> str:
-    """The GPU's name (e.g. 'NVIDIA H200') or 'cpu': what metrics record as where a run ran."""
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
 def load_model(model_cfg: Any, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """Return ``(model, tokenizer)``, the model in eval mode on ``device``."""
     m = _plain(model_cfg)

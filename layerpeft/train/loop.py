@@ -26,7 +26,7 @@ from transformers import (
 )
 
 from layerpeft.data.prompts import collate, tokenize_example
-from layerpeft.models.loading import device_name
+from layerpeft.provenance import Segment, device_name, native_bf16
 from layerpeft.peft_model import get_adapters
 from layerpeft.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from layerpeft.train.ist import IST, default_mu
@@ -52,12 +52,19 @@ class Device:
         # On CUDA the frozen base is stored in bf16 (half the memory); adapters stay fp32.
         return torch.bfloat16 if self.device.type == "cuda" and self.autocast else torch.float32
 
+    reason: str = ""  # why this precision (``auto`` resolves per machine)
+
     def describe(self) -> dict:
-        """What the run actually used (``auto`` in the config resolves per machine), for metrics."""
-        return {"device": device_name(self.device), "precision": "bf16" if self.autocast else "fp32"}
+        """What the run actually used, and why, for metrics."""
+        return {"device": device_name(self.device), "precision": "bf16" if self.autocast else "fp32",
+                "precision_reason": self.reason}
 
 
 def pick_device(train_cfg) -> Device:
+    """The device and precision of ``train.device``/``train.precision``. ``auto`` precision is
+    bf16 autocast where bf16 is fast (CUDA; CPUs with AVX512-BF16 or AMX, where a bf16 matrix
+    product runs several times faster than fp32) and fp32 elsewhere (on a CPU without native
+    bf16 it is emulated and several times slower)."""
     want = train_cfg.device
     if want not in ("auto", "cpu", "cuda"):
         raise ValueError(f"train.device={want!r} is not one of auto, cpu, cuda")
@@ -67,8 +74,13 @@ def pick_device(train_cfg) -> Device:
     precision = train_cfg.precision
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"train.precision={precision!r} is not one of auto, fp32, bf16")
-    bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda")
-    return Device(dev, torch.bfloat16 if bf16 else None)
+    if precision != "auto":
+        return Device(dev, torch.bfloat16 if precision == "bf16" else None, f"train.precision={precision}")
+    if dev.type == "cuda":
+        return Device(dev, torch.bfloat16, "auto: CUDA")
+    if native_bf16():
+        return Device(dev, torch.bfloat16, "auto: the CPU computes bf16 natively (AVX512-BF16/AMX)")
+    return Device(dev, None, "auto: the CPU has no native bf16 (it would be emulated, slower than fp32)")
 
 
 #: LLM-Adapters' values, used when neither train.* nor the method's recipe sets them.
@@ -168,10 +180,12 @@ def examples_loss(model, tokenizer, data: list[dict[str, Any]], micro_batch_size
 
 
 def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, dev: Device, tracker,
-          val: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+          val: list[dict[str, Any]] | None = None, segment: Segment | None = None) -> dict[str, Any]:
     """Train the model's adapters in place; returns the ``train`` block of metrics.json.
 
     With ``val`` examples, the validation loss is measured at the end of every epoch.
+    ``segment`` is this process's share of the run: checkpoints record it after the segments of
+    the processes before (returned as ``segments_before`` when resuming).
     """
     t_cfg, d_cfg = cfg.train, cfg.data
     if t_cfg.batch_size % t_cfg.micro_batch_size:
@@ -199,12 +213,13 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
     ist = make_ist(model, cfg, len(data))
     probe_loss = examples_loss(model, tokenizer, data, t_cfg.micro_batch_size, dev)
 
-    step, history, grad_history, val_history, tokens, wall = 0, [], [], [], 0, 0.0
+    step, history, grad_history, val_history, tokens, wall, before = 0, [], [], [], 0, 0.0, []
     resume_from = latest_checkpoint(run_dir) if t_cfg.resume else None
     if resume_from is not None:
         state = load_checkpoint(resume_from, model, optimizer)
         step, history, tokens, wall = state["step"], state["loss_history"], state["tokens"], state["wall_s"]
         val_history, grad_history = state.get("val_history", []), state.get("grad_norm_history", [])
+        before = state.get("segments", [])
         if ist is not None:
             ist.load(state["ist"], state["tensors"])
         with warnings.catch_warnings():  # replaying the schedule; torch warns as no optimizer step came first
@@ -284,7 +299,8 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
             last_ckpt = save_checkpoint(
                 run_dir, model, optimizer,
                 {"step": step, "loss_history": history, "val_history": val_history, "grad_norm_history": grad_history,
-                 "tokens": tokens, "wall_s": wall, "ist": ist_json},
+                 "tokens": tokens, "wall_s": wall, "ist": ist_json,
+                 "segments": before + ([segment.record()] if segment is not None else [])},
                 ist_tensors,
             )
     bar.close()
@@ -292,6 +308,7 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
     if ist is not None:
         ist.release()
     return {
+        "segments_before": before,
         "ist": ist.summary() if ist is not None else None,
         "steps": step,
         "final_loss": history[-1][1] if history else None,
