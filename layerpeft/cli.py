@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
@@ -15,6 +17,8 @@ from layerpeft.config import CONF_DIR
 from layerpeft.data.files import DataError
 from layerpeft.errors import UserError
 from layerpeft.plan import PlanError
+from layerpeft.rundir import holds_run
+from layerpeft.sweep import FAILED
 from layerpeft.train.loop import TrainingDiverged
 
 HYDRA_COMMANDS = ("train", "eval", "plan")
@@ -28,8 +32,30 @@ USAGE = """usage: layerpeft {train,eval,plan,report,prepare-data} [args...]
 """
 
 
+def _protect_existing_runs(command: str, argv: list[str]) -> list[str]:
+    """Before Hydra writes its files into a ``hydra.run.dir``/``hydra.sweep.dir`` that already
+    holds runs: refuse a new run there, and let a resume keep the run's own ``.hydra/`` (its
+    original overrides, which report labels read) by asking Hydra not to write it."""
+    if command != "train":
+        return argv
+    resume = "train.resume=true" in argv
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key not in ("hydra.run.dir", "hydra.sweep.dir") or not value or not holds_run(Path(value)):
+            continue
+        if not resume:
+            print(f"layerpeft {command}: error: {key}={value} already holds a run: pass train.resume=true to "
+                  "continue it, or choose another directory", file=sys.stderr)
+            sys.exit(2)
+        if key == "hydra.run.dir" and (Path(value) / ".hydra").is_dir() and not any(
+                a.startswith("hydra.output_subdir=") for a in argv):
+            return [*argv, "hydra.output_subdir=null"]
+    return argv
+
+
 def _run_hydra(command: str, argv: list[str]) -> None:
     module = importlib.import_module(f"layerpeft.commands.{command}")
+    argv = _protect_existing_runs(command, argv)
 
     @hydra.main(config_path=CONF_DIR, config_name=command, version_base=None)
     def task(cfg: DictConfig) -> None:
@@ -41,6 +67,8 @@ def _run_hydra(command: str, argv: list[str]) -> None:
 
     sys.argv = [f"layerpeft {command}", *argv]
     task()
+    if FAILED:  # a sweep's summary has been printed: its exit code says that jobs failed
+        sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:

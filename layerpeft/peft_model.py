@@ -26,6 +26,7 @@ from torch import nn
 from layerpeft.methods import MODULE_KINDS, AdapterModule, ForwardContext
 from layerpeft.methods.prefix import Prefix, install_prefix_attention
 from layerpeft.models.roles import Dims, decoder_layers, family_of
+from layerpeft.errors import UserError
 from layerpeft.plan import LayerPlan, PlanError
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -236,20 +237,93 @@ def save_adapter(model: nn.Module, directory: str | Path, extra_meta: dict | Non
     return path
 
 
+class AdapterFileError(UserError):
+    """An adapter file that is unreadable or does not match its own plan or the model."""
+
+
 def read_adapter_plan(directory: str | Path) -> LayerPlan:
-    with safe_open(str(Path(directory) / ADAPTER_FILE), framework="pt") as f:
-        return LayerPlan.from_dict(json.loads(f.metadata()["layerpeft_plan"]))
+    """The plan stored in an adapter file's metadata, validated like a config (known kinds,
+    segments inside the model, options each kind accepts)."""
+    path = Path(directory) / ADAPTER_FILE
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises several types for garbled files
+        raise AdapterFileError(f"{path}: not a readable safetensors file ({e})") from None
+    try:
+        plan = LayerPlan.from_dict(json.loads(meta["layerpeft_plan"]))
+        check_stored_plan(plan)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # PlanError is a ValueError
+        raise AdapterFileError(f"{path}: its metadata holds no valid layerpeft plan ({e})") from None
+    return plan
+
+
+def check_stored_plan(plan: LayerPlan) -> None:
+    """A plan read from a file: every kind known, segments inside the model, options valid."""
+    if not isinstance(plan.num_layers, int) or plan.num_layers <= 0:
+        raise PlanError(f"num_layers={plan.num_layers!r}")
+    for seg in plan.segments:
+        if seg.module != "none" and seg.module not in MODULE_KINDS:
+            raise PlanError(f"unknown module {seg.module!r}")
+        if not (isinstance(seg.start, int) and isinstance(seg.end, int) and 0 <= seg.start < seg.end <= plan.num_layers):
+            raise PlanError(f"segment {seg.module} {seg.start}:{seg.end} is not inside {plan.num_layers} layers")
+    if set(plan.options) != set(plan.kinds):
+        raise PlanError(f"options for {sorted(plan.options)} but modules {plan.kinds}")
+    for kind, opts in plan.options.items():
+        cls = MODULE_KINDS[kind]
+        unknown = sorted(set(opts) - set(cls.defaults))
+        if unknown:
+            raise PlanError(f"unknown option(s) {', '.join(unknown)} for module {kind!r}")
+        cls.check_options({**cls.defaults, **opts})
+
+
+def _check_shapes(model: nn.Module, plan: LayerPlan, path: Path, shapes: dict[str, list[int]]) -> None:
+    """The file's tensors against the shapes its plan gives on this model, built on the meta
+    device (no memory): a plan whose options were edited (a huge ``r``) is refused before any
+    module is allocated."""
+    config = model.config
+    with torch.device("meta"):
+        expected = AdapterSet(plan, Dims.from_config(config), family_of(config), device="meta").state_dict()
+    for name, t in expected.items():
+        if name not in shapes:
+            raise AdapterFileError(f"{path}: tensor {name} of its plan is missing")
+        if list(t.shape) != list(shapes[name]):
+            raise AdapterFileError(f"{path}: tensor {name} has shape {list(shapes[name])}, its plan gives "
+                                   f"{list(t.shape)} on this model")
+    for name, shape in shapes.items():
+        if name.startswith(BASE):
+            try:
+                want = list(model.get_parameter(name[len(BASE):]).shape)
+            except AttributeError:
+                raise AdapterFileError(f"{path}: {name} is not a parameter of this model") from None
+            if want != list(shape):
+                raise AdapterFileError(f"{path}: {name} has shape {list(shape)}, the model's is {want}")
+
+
+def check_adapter(model: nn.Module, directory: str | Path) -> LayerPlan:
+    """The adapter file's plan, validated against itself and ``model`` (which may be on the meta
+    device): every tensor its plan needs is there with the shape the plan gives."""
+    path = Path(directory) / ADAPTER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no adapter at {path}")
+    plan = read_adapter_plan(directory)
+    layers = Dims.from_config(model.config).num_layers
+    if plan.num_layers != layers:
+        raise AdapterFileError(f"{path}: its plan is for {plan.num_layers} layers, the model has {layers}")
+    with safe_open(str(path), framework="pt") as f:
+        _check_shapes(model, plan, path, {k: f.get_slice(k).get_shape() for k in f.keys()})
+    return plan
 
 
 def load_adapter(model: nn.Module, directory: str | Path) -> AdapterSet:
     """Apply the saved plan to ``model`` and load the saved weights into it (strictly)."""
+    plan = check_adapter(model, directory)
     path = Path(directory) / ADAPTER_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no adapter at {path}")
-    adapters = apply_plan(model, read_adapter_plan(directory))
-    state = {}
     with safe_open(str(path), framework="pt") as f:
-        for k in f.keys():
-            state[k] = f.get_tensor(k)
-    adapters.load_adapter_state(state)
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    adapters = apply_plan(model, plan)
+    try:
+        adapters.load_adapter_state(state)
+    except (RuntimeError, ValueError) as e:
+        raise AdapterFileError(f"{path}: {e}") from None
     return adapters

@@ -1,13 +1,16 @@
 """``layerpeft train``: plan → data → model → train → save → evaluate → metrics.json.
 
-Everything that can be wrong with the inputs (plan, options, data files) is checked before
-the model loads. Inside a multirun sweep a failing job is recorded in its run directory
-(``metrics.json`` with ``status: failed``) and the sweep goes on; ``SweepSummary`` lists the
-failures at the end. A single run re-raises.
+Everything that can be wrong with the inputs (config values, plan, options, data files, the run
+directory, a resume's settings) is checked before the model loads or anything is written; a run
+refused there leaves nothing behind. Inside a multirun sweep a failing job is recorded in its
+run directory (``metrics.json`` with ``status: failed`` or ``diverged``) and the sweep goes on;
+``SweepSummary`` lists the failures at the end and the sweep exits non-zero. A single run
+re-raises.
 
 ``metrics.json`` is first written when training ends (``status: evaluating``), so a run stopped
 while evaluating keeps its training record, and ``train.resume=true`` then evaluates the saved
-adapter without training again.
+adapter without training again. A run whose loss, parameters or validation loss become
+non-finite ends ``status: diverged``, with no adapter and a non-zero exit code.
 """
 
 from __future__ import annotations
@@ -19,16 +22,23 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from layerpeft.checks import check_train
 from layerpeft.commands.plan import plan_for
 from layerpeft.data.tasks import load_task
+from layerpeft.errors import UserError
 from layerpeft.eval.generate import evaluate
 from layerpeft.export import export_peft_lora, peft_compatible
 from layerpeft.models.loading import load_model
 from layerpeft.peft_model import apply_plan, get_adapters, load_adapter, save_adapter
+from layerpeft.plan import PlanError
 from layerpeft.provenance import Segment, provenance
-from layerpeft.rundir import ADAPTER_DIR, CONFIG, IST_FILE, METRICS, PLAN, PREDICTIONS, read_metrics, write_json
+from layerpeft.rundir import (ADAPTER_DIR, CONFIG, IST_FILE, METRICS, PLAN, PREDICTIONS, RunLock, discard_hydra_only,
+                              holds_run, load_stored_config, read_metrics, resume_changes, write_json)
+from layerpeft.data.files import DataError
+from layerpeft.sweep import FAILED
 from layerpeft.tracking import make_tracker
-from layerpeft.train.loop import pick_device, train
+from layerpeft.train.ist import check_plan as check_ist_plan
+from layerpeft.train.loop import TrainingDiverged, pick_device, train
 
 
 def sweep_group() -> str | None:
@@ -36,26 +46,52 @@ def sweep_group() -> str | None:
     return Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
 
 
-def execute(cfg: DictConfig, run_dir: Path) -> dict:
+def prepare(cfg: DictConfig, run_dir: Path):
+    """Everything checked before anything is written: (plan, task, device, the settings a resume
+    changes)."""
+    check_train(cfg)
     plan = plan_for(cfg)
+    if cfg.ist.enabled:
+        check_ist_plan(plan.kinds)
     task = load_task(cfg.dataset, cfg.data)
     dev = pick_device(cfg.train)
+    changes = {}
+    if cfg.train.resume and (run_dir / CONFIG).is_file():
+        changes = resume_changes(load_stored_config(run_dir / CONFIG), cfg, run_dir)
+    elif holds_run(run_dir):
+        raise UserError(f"{run_dir} already holds a run: pass train.resume=true to continue it, or choose "
+                        "another hydra.run.dir")
+    return plan, task, dev, changes
+
+
+def execute(cfg: DictConfig, run_dir: Path, plan, task, dev, changes: dict) -> dict:
     segment = Segment(dev.device)
+    segment.info.update({"precision": dev.describe()["precision"], "resume_changed": changes})
+    earlier = read_metrics(run_dir) if cfg.train.resume else None
+    if earlier is not None and earlier.get("status") == "ok":
+        print(f"{run_dir} has finished (status ok): nothing to resume")
+        return earlier
     OmegaConf.save(cfg, run_dir / CONFIG, resolve=True)
     tracker = make_tracker(cfg, run_dir, group=sweep_group())
     failed = True
     try:
         model, tok = load_model(cfg.model, dtype=dev.model_dtype, device=dev.device)
-        trained = read_metrics(run_dir) if cfg.train.resume else None
-        if trained is not None and trained.get("status") == "evaluating":
+        if earlier is not None and earlier.get("status") == "evaluating":
             # Training finished in an earlier process that stopped while evaluating: score its adapter.
             if (run_dir / ADAPTER_DIR).is_dir():
                 load_adapter(model, run_dir / ADAPTER_DIR)
-            metrics, before = trained, trained.get("segments", [])
+            metrics, before = earlier, earlier.get("segments", [])
             print(f"resumed {run_dir}: training had finished, evaluating its adapter")
         else:
             segment.did("train")
-            metrics = train_and_save(cfg, plan, task, model, tok, dev, tracker, run_dir, segment)
+            try:
+                metrics = train_and_save(cfg, plan, task, model, tok, dev, tracker, run_dir, segment)
+            except TrainingDiverged as e:
+                write_json(run_dir / METRICS, {"status": "diverged", "error": str(e), "model": cfg.model.name,
+                                               "method": plan.method, "dataset": task.name, "train": e.record,
+                                               "provenance": provenance(cfg.model, dev.device, dev.model_dtype),
+                                               **timing([], segment)})
+                raise
             before = (metrics.get("train") or {}).pop("segments_before", [])
             metrics["provenance"] = provenance(cfg.model, dev.device, dev.model_dtype)
             # Written before evaluating, so a run stopped there keeps its training record and
@@ -126,16 +162,30 @@ def efficiency(metrics: dict, adapters, initial: dict, run_dir: Path) -> dict:
 
 def run(cfg: DictConfig) -> dict | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    owned = False  # this job holds the lock of a directory that is its own
     try:
-        metrics = execute(cfg, run_dir)
+        with RunLock(run_dir):
+            owned = not holds_run(run_dir) or bool(cfg.train.resume)
+            try:
+                prepared = prepare(cfg, run_dir)
+            except (UserError, PlanError, DataError):
+                if not sweep:  # a refused run leaves nothing behind (a sweep records the failure)
+                    discard_hydra_only(run_dir)
+                raise
+            metrics = execute(cfg, run_dir, *prepared)
     except Exception as e:
-        if HydraConfig.get().mode != RunMode.MULTIRUN:
+        if not sweep:
             raise
-        # In a sweep the failure is recorded and summarised at the end; the next job runs.
-        # A job that failed while evaluating keeps the training record written before it.
-        write_json(run_dir / METRICS, {**(read_metrics(run_dir) or {}), "status": "failed",
-                                       "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
-        print(f"job failed ({run_dir}): {type(e).__name__}: {e}")
+        # In a sweep the failure is recorded and summarised at the end; the next job runs. A
+        # job that failed while evaluating keeps the training record written before it; a job
+        # refused from another run's directory writes nothing there.
+        status = "diverged" if isinstance(e, TrainingDiverged) else "failed"
+        if owned:
+            write_json(run_dir / METRICS, {**(read_metrics(run_dir) or {}), "status": status,
+                                           "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
+        print(f"job {status} ({run_dir}): {type(e).__name__}: {e}")
+        FAILED.append(str(run_dir))
         return None
     print_summary(metrics, run_dir)
     return metrics

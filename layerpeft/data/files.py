@@ -42,4 +42,6 @@ def read_examples(path: Path, need_answer: bool = False) -> list[dict[str, Any]]
         missing = [k for k in need if not isinstance(ex.get(k), str)]
         if missing:
             raise DataError(f"{path}: item {i} lacks string field(s) {', '.join(missing)}")
+        if need_answer and not ex["answer"].strip():
+            raise DataError(f"{path}: item {i} has an empty answer (it could only be scored wrong)")
     return items

@@ -1,13 +1,17 @@
 """``layerpeft prepare-data``: fill a data directory with the LLM-Adapters benchmark files.
 
 From a local copy (``--from ../shared/data``) or, on a machine with internet, from the public
-LLM-Adapters repository at a pinned commit. Every file is checked to be LLM-Adapters JSON.
+LLM-Adapters repository at a pinned commit. Every file is fetched into a staging directory and
+checked to be LLM-Adapters JSON; only when all of them are good do they replace the files in
+the data directory, so a bad source never damages a good copy.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -25,24 +29,31 @@ FILES.update({f"commonsense/{t}_{s}.json": f"dataset/{t}/{s}.json" for t in COMM
 
 def prepare(dest: Path, source: Path | None) -> tuple[list[str], list[str]]:
     """Copy or download every known file; returns (prepared, unavailable)."""
+    if source is not None and source.resolve() == dest.resolve():
+        raise DataError(f"--from {source} and --to {dest} are the same directory")
+    dest.mkdir(parents=True, exist_ok=True)
     done, missing = [], []
-    for local, remote in FILES.items():
-        target = dest / local
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source is not None:
-            src = source / local
-            if not src.is_file():
-                missing.append(f"{local} (not in {source})")
-                continue
-            shutil.copyfile(src, target)
-        else:
-            try:
-                urllib.request.urlretrieve(f"{REPO_RAW}/{remote}", target)
-            except OSError as e:
-                missing.append(f"{local} ({e})")
-                continue
-        read_examples(target, need_answer=local.endswith("_test.json"))
-        done.append(local)
+    with tempfile.TemporaryDirectory(prefix=".prepare-", dir=dest) as staging:
+        for local, remote in FILES.items():
+            target = Path(staging) / local
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if source is not None:
+                src = source / local
+                if not src.is_file():
+                    missing.append(f"{local} (not in {source})")
+                    continue
+                shutil.copyfile(src, target)
+            else:
+                try:
+                    urllib.request.urlretrieve(f"{REPO_RAW}/{remote}", target)
+                except OSError as e:
+                    missing.append(f"{local} ({e})")
+                    continue
+            read_examples(target, need_answer=local.endswith("_test.json"))
+            done.append(local)
+        for local in done:  # every file checked: now they replace the old ones
+            (dest / local).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(Path(staging) / local, dest / local)
     return done, missing
 
 

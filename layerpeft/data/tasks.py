@@ -40,12 +40,15 @@ def _plain(cfg: Any) -> dict:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
 
 
-def subsample(examples: list, size: int | None, seed: int) -> list:
-    """``size`` examples drawn without replacement with ``seed`` (all when None)."""
-    if size is None or size >= len(examples):
+def subsample(examples: list, size: int | None, seed: int, what: str = "data.train_size") -> list:
+    """``size`` examples drawn without replacement with ``seed`` (all when None); a size beyond
+    the pool is an error, not a silent "all"."""
+    if size is None or size == len(examples):
         return list(examples)
     if size <= 0:
-        raise DataError(f"data.train_size={size} must be positive")
+        raise DataError(f"{what}={size} must be positive")
+    if size > len(examples):
+        raise DataError(f"{what}={size} exceeds the {len(examples)} examples available")
     return random.Random(seed).sample(examples, size)
 
 
@@ -77,7 +80,8 @@ def load_task(dataset_cfg: Any, data_cfg: Any) -> Task:
     spare: list = []  # training-file examples outside the pool: validation comes from them first
     if d.get("train_sample"):  # a fixed mixture drawn from the files (commonsense_15k-like)
         every = train
-        train = subsample(every, int(d["train_sample"]), int(d.get("train_sample_seed", 42)))
+        train = subsample(every, int(d["train_sample"]), int(d.get("train_sample_seed", 42)),
+                          f"dataset {d['name']!r}: train_sample")
         spare = _outside(every, train)
     seen = {ex["instruction"].strip() for ex in train}
     for name, rel in d["eval_sets"].items():
@@ -113,8 +117,8 @@ def split_train_val(pool: list, train_size: int | None, val_size: int, seed: int
     if rest:
         if val_size > len(rest):
             raise DataError(f"data.val_size={val_size} exceeds the {len(rest)} examples left outside the training set")
-        return train, subsample(rest, val_size, seed + 1)
+        return train, subsample(rest, val_size, seed + 1, "data.val_size")
     if val_size >= len(pool):
         raise DataError(f"data.val_size={val_size} leaves nothing to train on (the pool has {len(pool)} examples)")
-    val = subsample(pool, val_size, seed + 1)
+    val = subsample(pool, val_size, seed + 1, "data.val_size")
     return _outside(train, val), val

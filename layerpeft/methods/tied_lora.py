@@ -43,7 +43,10 @@ def qkv_out(dims: Dims) -> int:
 
 
 def _uniform(shape: tuple[int, int], fan_in: int, generator: torch.Generator) -> torch.Tensor:
-    """Kaiming-uniform (a=√5, as nn.Linear) from an explicit generator: reproducible from a seed."""
+    """Kaiming-uniform (a=√5, as nn.Linear) from an explicit generator: reproducible from a seed.
+    On the meta device (shapes only: ``layerpeft plan``, adapter-file checks) nothing is drawn."""
+    if torch.get_default_device().type == "meta":
+        return torch.empty(shape)
     bound = 1.0 / math.sqrt(fan_in)
     t = (torch.rand(shape, generator=generator, device="cpu") * 2 - 1) * bound
     return t.to(torch.get_default_device())

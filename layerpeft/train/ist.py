@@ -53,6 +53,19 @@ def default_mu(variant: str, dataset: str) -> float:
     return 10.0 if "commonsense" in dataset else 100.0
 
 
+def check_plan(kinds) -> None:
+    """IST selects per-layer modules: refuse a plan with prefix-like ones (before weights load)."""
+    from layerpeft.methods import MODULE_KINDS
+
+    blocked = sorted(k for k in kinds if not MODULE_KINDS[k].layer_local)
+    if blocked:
+        raise PlanError(
+            f"IST works on layer-based modules only; the plan has {', '.join(blocked)} "
+            "(prefix-like modules are excluded, as in the IST paper; so are a soft prompt and "
+            "full fine-tuning, which are not per-layer adapter modules)"
+        )
+
+
 def check_config(ist_cfg) -> None:
     """Raise ``PlanError`` naming a bad ``ist.*`` value (called before any weights load)."""
     if ist_cfg.policy not in POLICIES:
@@ -78,13 +91,7 @@ class IST:
     ``num_examples`` is the size of the training set the probe batches are drawn from."""
 
     def __init__(self, adapters: AdapterSet, ist_cfg, mu: float, num_examples: int = 0):
-        blocked = sorted({m.kind for m in adapters.adapter_modules() if not m.layer_local})
-        if blocked:
-            raise PlanError(
-                f"IST works on layer-based modules only; the plan has {', '.join(blocked)} "
-                "(prefix-like modules are excluded, as in the IST paper; so are a soft prompt and "
-                "full fine-tuning, which are not per-layer adapter modules)"
-            )
+        check_plan({m.kind for m in adapters.adapter_modules()})
         check_config(ist_cfg)
         self.adapters = adapters
         self.layers = sorted({m.layer_idx for m in adapters.adapter_modules()})

@@ -25,10 +25,11 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
+from layerpeft.data.files import DataError
 from layerpeft.data.prompts import collate, tokenize_example
 from layerpeft.provenance import Segment, device_name, native_bf16
 from layerpeft.peft_model import get_adapters
-from layerpeft.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from layerpeft.train.checkpoint import find_resumable, load_checkpoint, save_checkpoint
 from layerpeft.train.ist import IST, default_mu
 
 SCHEDULES = {
@@ -39,7 +40,13 @@ SCHEDULES = {
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf; the run stops and keeps its last good checkpoint."""
+    """The loss, a parameter or the validation loss became NaN/inf: the run stops, keeps its last
+    verified checkpoint, saves no adapter and ends ``status: diverged``. ``record`` holds the
+    training history up to that point (for metrics.json)."""
+
+    def __init__(self, message: str, record: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.record = record or {}
 
 
 @dataclass
@@ -166,6 +173,22 @@ def validation_loss(model, batches: list[dict[str, torch.Tensor]], dev: Device) 
     return total / max(count, 1)
 
 
+def trainable_examples(tokenizer, examples: list[dict[str, Any]], data_cfg, what: str) -> tuple[list[dict], int]:
+    """Tokenised examples, without those that would train on no token (a prompt longer than
+    ``data.cutoff_len`` with ``train_on_inputs=false``: their loss is 0/0, a NaN that would read
+    as divergence); how many were left out is printed and returned."""
+    data = [tokenize_example(tokenizer, ex, data_cfg.cutoff_len, data_cfg.train_on_inputs) for ex in examples]
+    kept = [d for d in data if any(label != -100 for label in d["labels"][1:])]
+    dropped = len(data) - len(kept)
+    if not kept:
+        raise DataError(f"none of the {len(data)} {what} examples has a token to train on: every prompt is longer "
+                        f"than data.cutoff_len={data_cfg.cutoff_len} (train_on_inputs=false)")
+    if dropped:
+        print(f"data: {dropped} of {len(data)} {what} examples left out: their prompt fills data.cutoff_len="
+              f"{data_cfg.cutoff_len} and train_on_inputs=false leaves no token to train on")
+    return kept, dropped
+
+
 def examples_loss(model, tokenizer, data: list[dict[str, Any]], micro_batch_size: int, dev: Device):
     """``loss(indices)``: the validation loss (eval mode, no gradients) of the tokenised training
     examples ``data[i]`` for i in indices, in micro-batches — what IST's probes measure."""
@@ -188,15 +211,9 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
     the processes before (returned as ``segments_before`` when resuming).
     """
     t_cfg, d_cfg = cfg.train, cfg.data
-    if t_cfg.batch_size % t_cfg.micro_batch_size:
-        raise ValueError(
-            f"train.batch_size={t_cfg.batch_size} is not a multiple of train.micro_batch_size={t_cfg.micro_batch_size}"
-        )
-    data = [tokenize_example(tokenizer, ex, d_cfg.cutoff_len, d_cfg.train_on_inputs) for ex in examples]
-    if not data:
-        raise ValueError("the training set is empty")
+    data, dropped = trainable_examples(tokenizer, examples, d_cfg, "training")
     steps_per_epoch = math.ceil(len(data) / t_cfg.batch_size)
-    val_data = [tokenize_example(tokenizer, ex, d_cfg.cutoff_len, d_cfg.train_on_inputs) for ex in val or []]
+    val_data = trainable_examples(tokenizer, val, d_cfg, "validation")[0] if val else []
     val_batches = [{k: v.to(dev.device) for k, v in collate(val_data[i : i + t_cfg.micro_batch_size],
                                                               tokenizer.pad_token_id).items()}
                    for i in range(0, len(val_data), t_cfg.micro_batch_size)]
@@ -205,8 +222,6 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
     lr = resolve_lr(cfg)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=float(recipe(cfg, "weight_decay")))
     schedule = recipe(cfg, "schedule")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"train.schedule={schedule!r} is not one of {', '.join(SCHEDULES)}")
     warmup = warmup_steps(cfg, total)
     scheduler = SCHEDULES[schedule](optimizer, warmup, total)
 
@@ -214,7 +229,7 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
     probe_loss = examples_loss(model, tokenizer, data, t_cfg.micro_batch_size, dev)
 
     step, history, grad_history, val_history, tokens, wall, before = 0, [], [], [], 0, 0.0, []
-    resume_from = latest_checkpoint(run_dir) if t_cfg.resume else None
+    resume_from = find_resumable(run_dir) if t_cfg.resume else None
     if resume_from is not None:
         state = load_checkpoint(resume_from, model, optimizer)
         step, history, tokens, wall = state["step"], state["loss_history"], state["tokens"], state["wall_s"]
@@ -233,6 +248,15 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
     bar = tqdm(total=total, initial=step, desc="train", dynamic_ncols=True)
     last_ckpt = resume_from
     order: torch.Tensor | None = None
+
+    def diverged(what: str) -> TrainingDiverged:
+        bar.close()
+        return TrainingDiverged(
+            f"training diverged: {what}; last verified checkpoint: {last_ckpt or 'none yet'}. Lower train.lr (now {lr:g}) "
+            "or check the data.",
+            {"steps": step, "loss_history": history, "grad_norm_history": grad_history,
+             "val_loss_history": val_history, "lr": lr})
+
     while step < total:
         epoch, pos = divmod(step, steps_per_epoch)
         if pos == 0 or order is None:
@@ -253,12 +277,7 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
         for chunk, batch in zip(micro, batches):
             loss = _loss(model, batch, dev)
             if not torch.isfinite(loss):
-                bar.close()
-                raise TrainingDiverged(
-                    f"training loss became {loss.item()} at optimizer step {step + 1} (epoch {epoch + 1}); "
-                    f"last good checkpoint: {last_ckpt or 'none yet'}. Lower train.lr (now {lr:g}) "
-                    "or check the data."
-                )
+                raise diverged(f"training loss became {loss.item()} at optimizer step {step + 1} (epoch {epoch + 1})")
             (loss * len(chunk) / len(batch_idx)).backward()
             losses.append(loss.item())
             step_tokens += int(batch["attention_mask"].sum())
@@ -266,9 +285,13 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
         # and PARA trained); max_grad_norm 0 or null measures it without clipping.
         clip = float(t_cfg.max_grad_norm or 0.0)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf")))
+        if not math.isfinite(grad_norm):
+            raise diverged(f"the gradient norm became {grad_norm} at optimizer step {step + 1}")
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if not torch.stack([p.isfinite().all() for p in params]).all():
+            raise diverged(f"trained parameters became non-finite at optimizer step {step + 1}")
         step += 1
         dt = time.perf_counter() - t0
         wall += dt
@@ -281,6 +304,8 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
         if val_batches and (step % steps_per_epoch == 0 or step == total):
             val_loss = validation_loss(model, val_batches, dev)
             val_history.append([step / steps_per_epoch, val_loss])
+            if not math.isfinite(val_loss):
+                raise diverged(f"validation loss became {val_loss} after optimizer step {step}")
             tracker.log({"val/loss": val_loss}, step=step)
         if step % t_cfg.log_every == 0:
             tracker.log(
@@ -288,13 +313,7 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
                  "train/grad_norm": grad_norm, "train/epoch": step / steps_per_epoch},
                 step=step,
             )
-        if t_cfg.save_steps and step % t_cfg.save_steps == 0 and step < total:
-            if not all(torch.isfinite(p).all() for p in params):
-                bar.close()
-                raise TrainingDiverged(
-                    f"adapter parameters became non-finite by optimizer step {step}; "
-                    f"last good checkpoint: {last_ckpt or 'none yet'}. Lower train.lr (now {lr:g})."
-                )
+        if step % t_cfg.save_steps == 0 and step < total:
             ist_json, ist_tensors = ist.state() if ist is not None else (None, None)
             last_ckpt = save_checkpoint(
                 run_dir, model, optimizer,
@@ -309,6 +328,7 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
         ist.release()
     return {
         "segments_before": before,
+        "dropped_examples": dropped,
         "ist": ist.summary() if ist is not None else None,
         "steps": step,
         "final_loss": history[-1][1] if history else None,
