@@ -41,6 +41,31 @@ def tokenize_example(tokenizer, ex: dict[str, Any], cutoff: int, train_on_inputs
     return {"input_ids": ids, "labels": labels, "prompt_len": prompt_len}
 
 
+def batchify(batch: list[dict[str, Any]], pad_id: int, packed: bool):
+    """A micro-batch of tokenised examples as model inputs: packed into one row (``pack``) or
+    right-padded (``collate``)."""
+    return pack(batch) if packed else collate(batch, pad_id)
+
+
+def pack(batch: list[dict[str, Any]]):
+    """The examples back to back in one row, without padding: positions restart at every
+    example, which is how transformers recognises packed sequences and masks attention block by
+    block (each sequence sees only itself); the first token of each later example gets no label,
+    so no token is predicted across a boundary. The loss is the padded batch's: the same
+    (position, next token) pairs, averaged over the same labelled tokens."""
+    import torch
+
+    ids, labels, positions, prompt = [], [], [], []
+    for b in batch:
+        n = len(b["input_ids"])
+        ids += b["input_ids"]
+        labels += [-100] + list(b["labels"][1:])
+        positions += range(n)
+        prompt += [True] * b["prompt_len"] + [False] * (n - b["prompt_len"])
+    return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+            "position_ids": torch.tensor([positions]), "prompt_mask": torch.tensor([prompt])}
+
+
 def collate(batch: list[dict[str, Any]], pad_id: int):
     """Right-pad a list of tokenised examples; adds ``attention_mask`` and ``prompt_mask``."""
     import torch

@@ -26,11 +26,12 @@ from transformers import (
 )
 
 from layerpeft.data.files import DataError
-from layerpeft.data.prompts import collate, tokenize_example
+from layerpeft.data.prompts import batchify, tokenize_example
 from layerpeft.provenance import Segment, device_name, native_bf16
 from layerpeft.peft_model import get_adapters
 from layerpeft.train.checkpoint import find_resumable, load_checkpoint, save_checkpoint
 from layerpeft.train.ist import IST, default_mu
+from layerpeft.train.loss import causal_lm_loss
 
 SCHEDULES = {
     "linear": get_linear_schedule_with_warmup,
@@ -155,7 +156,14 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def _loss(model, batch, dev: Device) -> torch.Tensor:
     with torch.autocast(dev.device.type, dtype=dev.autocast, enabled=dev.autocast is not None):
-        return model(**batch).loss
+        return causal_lm_loss(model, batch)
+
+
+def micro_batches(data: list[dict[str, Any]], indices: list[int], size: int, pad_id: int, packed: bool,
+                  device: torch.device) -> list[dict[str, torch.Tensor]]:
+    """Model inputs for ``data[indices]`` in micro-batches of ``size`` examples."""
+    return [{k: v.to(device) for k, v in batchify([data[j] for j in indices[i : i + size]], pad_id, packed).items()}
+            for i in range(0, len(indices), size)]
 
 
 @torch.inference_mode()
@@ -189,15 +197,14 @@ def trainable_examples(tokenizer, examples: list[dict[str, Any]], data_cfg, what
     return kept, dropped
 
 
-def examples_loss(model, tokenizer, data: list[dict[str, Any]], micro_batch_size: int, dev: Device):
+def examples_loss(model, tokenizer, data: list[dict[str, Any]], micro_batch_size: int, dev: Device,
+                  packed: bool = True):
     """``loss(indices)``: the validation loss (eval mode, no gradients) of the tokenised training
     examples ``data[i]`` for i in indices, in micro-batches — what IST's probes measure."""
 
     def loss(indices: list[int]) -> float:
-        chunks = [indices[i : i + micro_batch_size] for i in range(0, len(indices), micro_batch_size)]
-        return validation_loss(model, [{k: v.to(dev.device) for k, v in collate([data[j] for j in c],
-                                                                                   tokenizer.pad_token_id).items()}
-                                       for c in chunks], dev)
+        return validation_loss(model, micro_batches(data, indices, micro_batch_size, tokenizer.pad_token_id, packed,
+                                                    dev.device), dev)
 
     return loss
 
@@ -214,9 +221,9 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
     data, dropped = trainable_examples(tokenizer, examples, d_cfg, "training")
     steps_per_epoch = math.ceil(len(data) / t_cfg.batch_size)
     val_data = trainable_examples(tokenizer, val, d_cfg, "validation")[0] if val else []
-    val_batches = [{k: v.to(dev.device) for k, v in collate(val_data[i : i + t_cfg.micro_batch_size],
-                                                              tokenizer.pad_token_id).items()}
-                   for i in range(0, len(val_data), t_cfg.micro_batch_size)]
+    packed = bool(t_cfg.packing)
+    val_batches = micro_batches(val_data, list(range(len(val_data))), t_cfg.micro_batch_size,
+                                tokenizer.pad_token_id, packed, dev.device)
     total = int(t_cfg.max_steps) if t_cfg.max_steps else int(t_cfg.epochs) * steps_per_epoch
     params = [p for p in model.parameters() if p.requires_grad]
     lr = resolve_lr(cfg)
@@ -226,7 +233,7 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
     scheduler = SCHEDULES[schedule](optimizer, warmup, total)
 
     ist = make_ist(model, cfg, len(data))
-    probe_loss = examples_loss(model, tokenizer, data, t_cfg.micro_batch_size, dev)
+    probe_loss = examples_loss(model, tokenizer, data, t_cfg.micro_batch_size, dev, packed)
 
     step, history, grad_history, val_history, tokens, wall, before = 0, [], [], [], 0, 0.0, []
     resume_from = find_resumable(run_dir) if t_cfg.resume else None
@@ -265,8 +272,7 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
         t0 = time.perf_counter()
         losses, step_tokens = [], 0
         micro = [batch_idx[i : i + t_cfg.micro_batch_size] for i in range(0, len(batch_idx), t_cfg.micro_batch_size)]
-        batches = [{k: v.to(dev.device) for k, v in collate([data[i] for i in c], tokenizer.pad_token_id).items()}
-                   for c in micro]
+        batches = micro_batches(data, batch_idx, t_cfg.micro_batch_size, tokenizer.pad_token_id, packed, dev.device)
         if ist is not None:  # one selection per optimizer step, after the importance update if due
             probes = len(ist.trajectory)
             ist.probe(step, probe_loss)
@@ -280,7 +286,7 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
                 raise diverged(f"training loss became {loss.item()} at optimizer step {step + 1} (epoch {epoch + 1})")
             (loss * len(chunk) / len(batch_idx)).backward()
             losses.append(loss.item())
-            step_tokens += int(batch["attention_mask"].sum())
+            step_tokens += sum(len(data[i]["input_ids"]) for i in chunk)
         # The gradient's norm before clipping (the HF Trainer clips at 1.0, as LLM-Adapters, IST
         # and PARA trained); max_grad_norm 0 or null measures it without clipping.
         clip = float(t_cfg.max_grad_norm or 0.0)
