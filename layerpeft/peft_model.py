@@ -67,9 +67,17 @@ class AdapterSet(nn.Module):
 
     def select_sequences(self, index: torch.Tensor) -> None:
         """Keep the batch rows ``index`` of all per-sequence state (a decoder dropped the others)."""
-        self.ctx.select_sequences(index)
         for module in self.adapter_modules():
             module.select_sequences(index)
+
+    def sequence_state(self) -> list:
+        """Every module's per-sequence decoding state (None for modules that keep none)."""
+        return [module.sequence_state() for module in self.adapter_modules()]
+
+    def set_sequence_state(self, states: list) -> None:
+        """Inverse of ``sequence_state`` (a decoder that moved rows edits it in between)."""
+        for module, state in zip(self.adapter_modules(), states):
+            module.set_sequence_state(state)
 
     def layer_params(self, index: int) -> int:
         key = str(index)

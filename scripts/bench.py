@@ -20,16 +20,22 @@
     python scripts/bench.py eval --model smollm2_135m --n 8 --max-new-tokens 32
         layerpeft's evaluation (batched, left-padded, greedy, KV cache) vs the LLM-Adapters
         protocol (one prompt at a time, 4 beams, no KV cache) on the same prompts.
-    python scripts/bench.py greedy --model smollm2_135m --adapter RUN/adapter --set SVAMP --n 64
-        the evaluation's greedy decoder (a finished answer leaves the batch) vs transformers'
-        ``generate`` (finished rows stay until the batch's last answer ends) on the first n
-        questions of a math test set, batch 32, 256 new tokens; also counts identical answers.
+    python scripts/bench.py pipeline --model smollm2_135m --method lora --data-dir ../shared/data
+        end to end against what a user would otherwise run, each part in its own process, same
+        data, precision and hyper-parameters: training on the first K examples of the math-1000
+        sample (layerpeft: packed micro-batches, chunked loss; HF peft + Trainer with dynamic
+        padding), then greedy answers to the first N holdout questions with the adapter layerpeft
+        trained (layerpeft: continuous batching; peft's model with ``generate``, left-padded
+        batches of the same size sorted by length, stopping at EOS or a template marker). Last
+        line: train_ratio and eval_ratio (ours over theirs, tokens/s and questions/s), speedup
+        (their total time over ours) and answers_identical (share of identical answers).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -237,39 +243,147 @@ def bench_eval(args) -> dict:
             "batch": args.batch, "ours_s": ours, "reference_s": ref, "speedup": ref / ours}
 
 
-def bench_greedy(args) -> dict:
-    from layerpeft.data.files import data_dir, read_examples
-    from layerpeft.data.prompts import STOP_MARKERS, prompt_text
-    from layerpeft.eval.generate import greedy_decode, stopped_by_marker
-    from layerpeft.eval.protocol import cut_at_markers as cut_response
+def _pipeline_setup(args):
+    """The run's config (the method's hyper-parameters, math-1000 sample, this precision), the
+    first K training examples of the sample and the first N holdout questions (sets in order)."""
+    from layerpeft.config import compose
+    from layerpeft.data.tasks import load_task
+
+    cfg = compose("train", [f"model={args.model}", f"method={args.method}", "dataset=math", f"data.dir={args.data_dir}",
+                            "data.train_size=1000", "data.val_size=0", f"train.precision={args.precision}",
+                            "train.epochs=1", "logger=none"])
+    task = load_task(cfg.dataset, cfg.data)
+    questions = [ex for items in task.evals.values() for ex in items][: args.eval_questions]
+    return cfg, task.train[: args.train_examples], questions
+
+
+def pipeline_worker(args) -> dict:
+    """One part (train or eval) of one implementation (ours or HF peft + Trainer / generate)."""
+    import tempfile
+    from pathlib import Path
+
+    from layerpeft.data.prompts import prompt_text, tokenize_example
+    from layerpeft.models.loading import load_model
+    from layerpeft.train.loop import pick_device
+
+    cfg, train_examples, questions = _pipeline_setup(args)
+    dev = pick_device(cfg.train)
+    torch.manual_seed(0)
+    model, tok = load_model(cfg.model, dtype=dev.model_dtype)
+    out = Path(args.adapter_dir)
+    if args.part == "train":
+        data = [tokenize_example(tok, ex, cfg.data.cutoff_len, cfg.data.train_on_inputs) for ex in train_examples]
+        tokens = sum(len(d["input_ids"]) for d in data)
+        if args.impl == "ours":
+            from layerpeft import apply_plan, save_adapter
+            from layerpeft.commands.plan import plan_for
+            from layerpeft.tracking import Tracker
+            from layerpeft.train.loop import train
+
+            apply_plan(model, plan_for(cfg), seed=int(cfg.seed))
+            with tempfile.TemporaryDirectory() as run_dir:
+                t0 = time.perf_counter()
+                result = train(model, tok, train_examples, cfg, Path(run_dir), dev, Tracker())
+                seconds = time.perf_counter() - t0
+            save_adapter(model, out)
+            steps = result["steps"]
+        else:
+            import datasets
+            from peft import LoraConfig, get_peft_model
+            from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+            o = cfg.method.options.lora
+            model = get_peft_model(model, LoraConfig(r=o.r, lora_alpha=o.alpha, lora_dropout=o.dropout,
+                                                     target_modules=[f"{t}_proj" for t in o.targets],
+                                                     task_type="CAUSAL_LM"))
+            rows = datasets.Dataset.from_list([{"input_ids": d["input_ids"], "labels": d["labels"]} for d in data])
+            with tempfile.TemporaryDirectory() as tmp:
+                trainer = Trainer(model=model, train_dataset=rows,
+                                  data_collator=DataCollatorForSeq2Seq(tok, padding=True, return_tensors="pt"),
+                                  args=TrainingArguments(
+                                      output_dir=tmp, per_device_train_batch_size=cfg.train.micro_batch_size,
+                                      gradient_accumulation_steps=cfg.train.batch_size // cfg.train.micro_batch_size,
+                                      learning_rate=float(cfg.method.lr), num_train_epochs=1, warmup_steps=100,
+                                      lr_scheduler_type="linear", weight_decay=0.0, max_grad_norm=1.0,
+                                      bf16=dev.autocast is not None, use_cpu=dev.device.type == "cpu",
+                                      save_strategy="no", report_to=[], logging_strategy="no", seed=int(cfg.seed),
+                                      remove_unused_columns=False, disable_tqdm=True))
+                t0 = time.perf_counter()
+                trainer.train()
+                seconds = time.perf_counter() - t0
+            steps = trainer.state.global_step
+        return {"part": "train", "impl": args.impl, "seconds": seconds, "tokens": tokens, "steps": steps,
+                "tokens_per_s": tokens / seconds}
+    # eval: both decode greedily with the adapter ours trained, stopping at EOS or a template
+    # marker, in batches of the same size; the answers are compared after the strict cut
+    from layerpeft.data.prompts import STOP_MARKERS
+    from layerpeft.eval.protocol import cut_at_markers
     from layerpeft.peft_model import load_adapter
 
-    _, model, tok = _load(args.model)
-    if args.adapter:
-        load_adapter(model, args.adapter)
-    items = read_examples(data_dir(args.data_dir) / "math" / f"{args.set}_test.json")
-    prompts = sorted((prompt_text(ex["instruction"], ex.get("input", "")) for ex in items[: args.n]), key=len)
-    times = {"greedy_decode": 0.0, "generate": 0.0}
-    answers: dict[str, list[str]] = {"greedy_decode": [], "generate": []}
-    with torch.no_grad():
-        for start in range(0, len(prompts), args.batch):
-            enc = tok(prompts[start : start + args.batch], return_tensors="pt", padding=True)
-            t0 = time.perf_counter()
-            rows = greedy_decode(model, enc.input_ids, enc.attention_mask, args.max_new_tokens, tok.eos_token_id,
-                                 stopped_by_marker(tok))
-            times["greedy_decode"] += time.perf_counter() - t0
-            answers["greedy_decode"] += [cut_response(t) for t in tok.batch_decode(rows, skip_special_tokens=True)]
-            t0 = time.perf_counter()
-            gen = model.generate(**enc, max_new_tokens=args.max_new_tokens, do_sample=False, use_cache=True,
-                                 stop_strings=list(STOP_MARKERS), tokenizer=tok, pad_token_id=tok.pad_token_id,
-                                 eos_token_id=tok.eos_token_id)
-            times["generate"] += time.perf_counter() - t0
-            new = gen[:, enc.input_ids.shape[1] :]
-            answers["generate"] += [cut_response(t) for t in tok.batch_decode(new, skip_special_tokens=True)]
-    same = sum(a == b for a, b in zip(answers["greedy_decode"], answers["generate"]))
-    return {"bench": "greedy", "model": args.model, "adapter": args.adapter, "set": args.set, "n": len(prompts),
-            "batch": args.batch, "max_new_tokens": args.max_new_tokens, "greedy_decode_s": times["greedy_decode"],
-            "generate_s": times["generate"], "identical_answers": same, "speedup": times["generate"] / times["greedy_decode"]}
+    prompts = [prompt_text(ex["instruction"], ex.get("input", "")) for ex in questions]
+    new_tokens = int(cfg.dataset.max_new_tokens)
+    if args.impl == "ours":
+        from layerpeft.eval.generate import generate
+
+        load_adapter(model, out)
+        model.eval()
+        t0 = time.perf_counter()
+        rows = generate(model, tok, prompts, args.eval_batch, new_tokens)
+        seconds = time.perf_counter() - t0
+        answers = [cut_at_markers(tok.decode(new, skip_special_tokens=True)) for _, new in rows]
+    else:
+        from layerpeft.export import export_peft_lora
+        from peft import PeftModel
+
+        with tempfile.TemporaryDirectory() as peft_dir:
+            fresh, _ = load_model(cfg.model, dtype=dev.model_dtype)
+            load_adapter(fresh, out)
+            export_peft_lora(fresh, Path(peft_dir), cfg.model.name)
+            model = PeftModel.from_pretrained(model, peft_dir).eval()
+        tok.padding_side = "left"
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # as a careful user would batch
+        answers = [""] * len(prompts)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for start in range(0, len(order), args.eval_batch):
+                idx = order[start : start + args.eval_batch]
+                enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True)
+                gen = model.generate(**enc, max_new_tokens=new_tokens, do_sample=False, stop_strings=list(STOP_MARKERS),
+                                     tokenizer=tok, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                for i, row in zip(idx, tok.batch_decode(gen[:, enc.input_ids.shape[1]:], skip_special_tokens=True)):
+                    answers[i] = cut_at_markers(row)
+        seconds = time.perf_counter() - t0
+    return {"part": "eval", "impl": args.impl, "seconds": seconds, "questions": len(prompts),
+            "questions_per_s": len(prompts) / seconds, "answers": answers}
+
+
+def bench_pipeline(args) -> dict:
+    """Ours against what a user would otherwise run, each part in its own process."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as adapter_dir:
+        def part(name, impl):
+            cmd = [sys.executable, __file__, "_pipeline_worker", "--part", name, "--impl", impl,
+                   "--adapter-dir", adapter_dir] + [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                                                    if k in ("model", "method", "data_dir", "precision", "train_examples",
+                                                             "eval_questions", "eval_batch")]
+            p = subprocess.run(cmd, capture_output=True, text=True)
+            if p.returncode:
+                raise RuntimeError(f"{name}/{impl} failed:\n{p.stderr[-3000:]}")
+            return json.loads(p.stdout.strip().splitlines()[-1])
+
+        train_ours, train_hf = part("train", "ours"), part("train", "hf")
+        eval_ours, eval_hf = part("eval", "ours"), part("eval", "hf")
+    same = sum(a == b for a, b in zip(eval_ours["answers"], eval_hf["answers"])) / len(eval_ours["answers"])
+    train_ratio = train_ours["tokens_per_s"] / train_hf["tokens_per_s"]
+    eval_ratio = eval_ours["questions_per_s"] / eval_hf["questions_per_s"]
+    total_ours, total_hf = train_ours["seconds"] + eval_ours["seconds"], train_hf["seconds"] + eval_hf["seconds"]
+    print(json.dumps({"bench": "pipeline", "model": args.model, "method": args.method, "precision": args.precision,
+                      "train_examples": args.train_examples, "eval_questions": args.eval_questions,
+                      "eval_batch": args.eval_batch, "train_ours": train_ours, "train_hf": train_hf,
+                      "eval_ours_s": eval_ours["seconds"], "eval_hf_s": eval_hf["seconds"]}), file=sys.stderr)
+    return {"train_ratio": train_ratio, "eval_ratio": eval_ratio, "speedup": total_hf / total_ours,
+            "answers_identical": same}
 
 
 def bench_efficiency(args) -> dict:
@@ -342,18 +456,22 @@ def main() -> None:
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--batch", type=int, default=16)
-    p = sub.add_parser("greedy")
-    p.add_argument("--model", default="smollm2_135m")
-    p.add_argument("--adapter", default=None, help="a run's adapter directory (default: the base model)")
-    p.add_argument("--data-dir", default="../shared/data")
-    p.add_argument("--set", default="SVAMP")
-    p.add_argument("--n", type=int, default=64)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    for name in ("pipeline", "_pipeline_worker"):
+        p = sub.add_parser(name)
+        p.add_argument("--model", default="smollm2_135m")
+        p.add_argument("--method", default="lora", choices=["lora"], help="HF peft's side is LoRA")
+        p.add_argument("--data-dir", default=os.environ.get("LAYERPEFT_DATA", "data"))
+        p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+        p.add_argument("--train-examples", type=int, default=64, help="K: the first K of the math-1000 sample")
+        p.add_argument("--eval-questions", type=int, default=64, help="N: the first N holdout questions")
+        p.add_argument("--eval-batch", type=int, default=32)
+        p.add_argument("--part", choices=["train", "eval"])
+        p.add_argument("--impl", choices=["ours", "hf"])
+        p.add_argument("--adapter-dir")
     args = ap.parse_args()
     fn = {"train": bench_train, "_train_worker": train_worker, "ist": bench_ist, "decode": bench_decode,
-          "_decode_worker": decode_worker, "eval": bench_eval, "greedy": bench_greedy,
-          "efficiency": bench_efficiency}[args.name]
+          "_decode_worker": decode_worker, "eval": bench_eval, "pipeline": bench_pipeline,
+          "_pipeline_worker": pipeline_worker, "efficiency": bench_efficiency}[args.name]
     print(json.dumps(fn(args)))
 
 

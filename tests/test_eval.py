@@ -11,7 +11,9 @@ from conftest import case_cfg
 from layerpeft import apply_plan
 from layerpeft.commands.plan import plan_for
 from layerpeft.data.prompts import prompt_text
-from layerpeft.eval.generate import generate, greedy_decode
+from conftest import METHOD_CASES, TINY_MODELS, UNSUPPORTED
+from layerpeft.eval.batching import continuous_greedy
+from layerpeft.eval.generate import generate
 from layerpeft.eval.protocol import cut_at_markers
 from layerpeft.models.loading import load_model
 
@@ -19,12 +21,12 @@ PROMPTS = [prompt_text(q) for q in ("Add 2 and 3.", "Ben has 14 marbles and give
                                     "x", "Multiply 7 by 8, then subtract 5.")]
 
 
-def perturbed_model(case):
-    cfg = case_cfg("tiny", case)
+def perturbed_model(case, model_name="tiny", base_std=0.1):
+    cfg = case_cfg(model_name, case)
     model, tok = load_model(cfg.model)
     with torch.no_grad():  # at its small init the tiny model repeats one token for every prompt
         for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
+            p.add_(torch.randn_like(p) * base_std)
     adapters = apply_plan(model, plan_for(cfg))
     with torch.no_grad():  # make the adapters (and HLPT's prompt-pooled gates) matter
         for p in adapters.parameters():
@@ -50,29 +52,39 @@ def first_end(tokens: list[int], eos: int) -> int:
     return tokens.index(eos) if eos in tokens else len(tokens)
 
 
-@pytest.mark.parametrize("case", ["lora", "hlpt", "para", "prompt_tuning"])
-def test_greedy_decode_drops_finished_rows_and_matches_generate(case):
-    """Rows leave the batch when they end (cache, mask and PARA/gate state follow) and every
-    row's tokens stay those of transformers' greedy ``generate``."""
-    model, tok = perturbed_model(case)
-    enc = tok(PROMPTS, return_tensors="pt", padding=True)
-    steps = 12
-    free = model.generate(**enc, max_new_tokens=steps, do_sample=False, eos_token_id=None,
-                          pad_token_id=tok.pad_token_id)[:, enc.input_ids.shape[1]:].tolist()
-    # An "EOS" that ends some rows early and leaves at least one running: the batch must shrink.
-    eos = next((t for t in sorted({t for row in free for t in row})
-                if 0 < min(first_end(r, t) for r in free) < max(first_end(r, t) for r in free) == steps), None)
+MORE = PROMPTS + [prompt_text(q) for q in ("Subtract 4 from 9.", "A train leaves at 3.", "Count to 5.",
+                                            "What is 12 divided by 4?")]
+
+
+@pytest.mark.parametrize("model_name,case", [(m, c) for m in TINY_MODELS for c in METHOD_CASES
+                                             if (m, c) not in UNSUPPORTED])
+def test_continuous_batching_equals_one_prompt_at_a_time(model_name, case):
+    """Rows end at different steps and waiting prompts take their places (cache, mask, positions
+    and the adapters' per-sequence state — prefix gates, PARA's vectors — follow), and every
+    answer is the one-prompt-at-a-time greedy answer of transformers' ``generate``."""
+    steps = 10
+    # a random tiny model may repeat one token for every prompt: draw again, with more noise
+    for seed, base_std in [(s, std) for std in (0.1, 0.3, 0.5) for s in range(3)]:
+        torch.manual_seed(seed)
+        model, tok = perturbed_model(case, model_name, base_std)
+        prompts = [tok(p)["input_ids"] for p in MORE]
+        alone = [model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                                max_new_tokens=steps, do_sample=False, eos_token_id=None,
+                                pad_token_id=tok.pad_token_id)[0, len(p):].tolist() for p in prompts]
+        # An "EOS" that ends the answers at different steps (some early).
+        eos = next((t for t in sorted({t for row in alone for t in row})
+                    if 0 < min(first_end(r, t) for r in alone) < max(first_end(r, t) for r in alone)), None)
+        if eos is not None:
+            break
     assert eos is not None, "premise: the tiny model's continuations differ enough to end at different steps"
     sizes = []
-    model.register_forward_pre_hook(lambda _m, _a, kw: sizes.append(kw["input_ids"].shape[0]), with_kwargs=True)
-    ours = greedy_decode(model, enc.input_ids, enc.attention_mask, steps, eos)
-    assert sizes[0] == len(PROMPTS) and min(sizes) < len(PROMPTS)
-    assert sizes == sorted(sizes, reverse=True)
-    hf = model.generate(**enc, max_new_tokens=steps, do_sample=False, eos_token_id=eos,
-                        pad_token_id=tok.pad_token_id)[:, enc.input_ids.shape[1]:].tolist()
-    # rows end with the EOS they emitted
-    assert ours == [row[: first_end(row, eos) + 1] for row in hf]
-    assert ours == [row[: first_end(row, eos) + 1] for row in free]
+    hook = model.register_forward_pre_hook(lambda _m, _a, kw: sizes.append(tuple(kw["input_ids"].shape)),
+                                           with_kwargs=True)
+    ours = continuous_greedy(model, prompts, rows=3, max_new_tokens=steps, eos_token_id=eos, pad_id=tok.pad_token_id)
+    hook.remove()
+    assert ours == [row[: first_end(row, eos) + 1] for row in alone]  # ending with the EOS they emitted
+    prefills = [s for s in sizes if s[1] > 1]
+    assert len(prefills) > 1 and max(b for b, _ in sizes) <= 3  # freed rows were refilled, never more than 3
 
 
 def test_interrupted_evaluation_resumes_with_its_finished_sets(tmp_path, monkeypatch):
@@ -114,3 +126,23 @@ def test_interrupted_evaluation_resumes_with_its_finished_sets(tmp_path, monkeyp
     decoded.clear()  # other decoding settings: nothing is reused
     gen.evaluate(model, tok, evals, OmegaConf.merge(cfg, {"max_new_tokens": 4}), path)
     assert decoded == ["eval SVAMP", "eval AddSub"]
+
+
+@pytest.mark.parametrize("case", ["hlpt", "para"])
+def test_continuous_batching_makes_room_for_longer_prompts(case, monkeypatch):
+    """A waiting prompt longer than the filled columns pads every row on the left; a full buffer
+    drops columns that are padding everywhere, or grows."""
+    import layerpeft.eval.batching as batching
+
+    shifts = []
+    real = batching._Rows._shift
+    monkeypatch.setattr(batching._Rows, "_shift", lambda self, by, cap: (shifts.append(by), real(self, by, cap)))
+    torch.manual_seed(0)
+    model, tok = perturbed_model(case)
+    prompts = [torch.randint(3, 259, (n,)).tolist() for n in (6, 7, 40, 5, 30, 9)]
+    alone = [model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                            max_new_tokens=12, do_sample=False, eos_token_id=None,
+                            pad_token_id=tok.pad_token_id)[0, len(p):].tolist() for p in prompts]
+    ours = continuous_greedy(model, prompts, rows=2, max_new_tokens=12, eos_token_id=None, pad_id=tok.pad_token_id)
+    assert ours == alone
+    assert any(by > 0 for by in shifts) and any(by < 0 for by in shifts)

@@ -12,7 +12,8 @@ shared ``ForwardContext``, causally: a prompt token uses the prompt up to itself
 the whole prompt. The whole prompt's state is kept per sequence across cached decoding steps,
 and beam reordering never changes it (all beams of one prompt share it). A decoder that drops
 finished sequences from its batch calls ``select_sequences`` so that this state follows the
-rows that remain.
+rows that remain; one that adds sequences prefills them on their own and writes their state into
+the rows they take (``sequence_state`` / ``set_sequence_state``).
 
 Cross-layer structure (Tied-LoRA) fits the same contract: a tied tensor is created once at
 the model level and each layer's module refers to it without registering it as its own
@@ -83,9 +84,6 @@ class ForwardContext:
         pos = torch.arange(length, device=device).expand(batch, length)
         return torch.where(self._mask(batch, length, device), pos, -1).max(dim=1).values.clamp_min(0)
 
-    def select_sequences(self, index: torch.Tensor) -> None:
-        if self.prompt_mask is not None:
-            self.prompt_mask = self.prompt_mask[index]
 
 
 def segment_cumsum(x: torch.Tensor, segments: torch.Tensor | None) -> torch.Tensor:
@@ -132,6 +130,13 @@ class AdapterModule(nn.Module):
 
     def select_sequences(self, index: torch.Tensor) -> None:
         """Keep only the batch rows ``index`` of the per-sequence state (none by default)."""
+
+    def sequence_state(self):
+        """The per-sequence state decoding reuses (None when the module keeps none)."""
+        return None
+
+    def set_sequence_state(self, state) -> None:
+        """Replace the per-sequence state (what ``sequence_state`` returned, rows edited)."""
 
     def target(self, layer: nn.Module, role: str) -> nn.Module:
         return layer.get_submodule(self.family.path(role))

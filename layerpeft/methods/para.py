@@ -75,6 +75,12 @@ class PARA(AdapterModule):
         if self._vectors is not None:
             self._vectors = {role: vec[index] for role, vec in self._vectors.items()}
 
+    def sequence_state(self):
+        return self._vectors
+
+    def set_sequence_state(self, state):
+        self._vectors = state
+
     def attach(self, layer):
         handles = [layer.register_forward_pre_hook(self._generate, with_kwargs=True)]
         for role in self.sizes:

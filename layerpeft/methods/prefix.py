@@ -125,6 +125,12 @@ class Prefix(ExtendsAttention, AdapterModule):
         if self._seq_gate is not None:
             self._seq_gate = self._seq_gate[index]
 
+    def sequence_state(self):
+        return self._seq_gate
+
+    def set_sequence_state(self, state):
+        self._seq_gate = state
+
     # --- attention --------------------------------------------------------------------
     def _expanded(self, key, value):
         batch = key.shape[0]

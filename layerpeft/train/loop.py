@@ -57,8 +57,10 @@ class Device:
 
     @property
     def model_dtype(self) -> torch.dtype:
-        # On CUDA the frozen base is stored in bf16 (half the memory); adapters stay fp32.
-        return torch.bfloat16 if self.device.type == "cuda" and self.autocast else torch.float32
+        # Under bf16 autocast the frozen base is stored in bf16: half the memory, and no cast of
+        # every weight at every operation (autocast caches casts only of tensors that train).
+        # Adapters and trained base weights stay fp32.
+        return torch.bfloat16 if self.autocast else torch.float32
 
     reason: str = ""  # why this precision (``auto`` resolves per machine)
 
