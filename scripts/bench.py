@@ -320,7 +320,7 @@ def pipeline_worker(args) -> dict:
     from layerpeft.eval.protocol import cut_at_markers
     from layerpeft.peft_model import load_adapter
 
-    prompts = [prompt_text(ex["instruction"], ex.get("input", "")) for ex in questions]
+    prompts = sorted((prompt_text(ex["instruction"], ex.get("input", "")) for ex in questions), key=len)
     new_tokens = int(cfg.dataset.max_new_tokens)
     if args.impl == "ours":
         from layerpeft.eval.generate import generate
@@ -341,7 +341,7 @@ def pipeline_worker(args) -> dict:
             export_peft_lora(fresh, Path(peft_dir), cfg.model.name)
             model = PeftModel.from_pretrained(model, peft_dir).eval()
         tok.padding_side = "left"
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # as a careful user would batch
+        order = list(range(len(prompts)))  # sorted by length, as a careful user would batch
         answers = [""] * len(prompts)
         t0 = time.perf_counter()
         with torch.no_grad():

@@ -88,8 +88,8 @@ def test_continuous_batching_equals_one_prompt_at_a_time(model_name, case):
 
 
 def test_interrupted_evaluation_resumes_with_its_finished_sets(tmp_path, monkeypatch):
-    """Predictions are written after each set; evaluating into the same file again decodes only
-    the sets that are missing, and gives the same results as one uninterrupted evaluation."""
+    """Predictions are written as each set completes; evaluating into the same file again decodes
+    only the sets that are missing, and gives the same results as one uninterrupted evaluation."""
     from omegaconf import OmegaConf
 
     import layerpeft.eval.generate as gen
@@ -102,10 +102,13 @@ def test_interrupted_evaluation_resumes_with_its_finished_sets(tmp_path, monkeyp
 
     real, decoded = gen.generate, []
 
-    def stop_at_addsub(model, tok, prompts, *args, desc="", **kw):
-        if desc == "eval AddSub":
-            raise KeyboardInterrupt  # the process is stopped while decoding the second set
-        return real(model, tok, prompts, *args, desc=desc, **kw)
+    def stop_at_addsub(model, tok, prompts, *args, on_done=None, **kw):
+        def answered(i, prompt_ids, new_ids):
+            if i >= 3:  # the stream is set after set: answers 3 and 4 are AddSub's
+                raise KeyboardInterrupt  # the process is stopped while decoding the second set
+            on_done(i, prompt_ids, new_ids)
+
+        return real(model, tok, prompts, *args, on_done=answered, **kw)
 
     path = tmp_path / "predictions.jsonl"
     monkeypatch.setattr(gen, "generate", stop_at_addsub)
@@ -113,19 +116,19 @@ def test_interrupted_evaluation_resumes_with_its_finished_sets(tmp_path, monkeyp
         gen.evaluate(model, tok, evals, cfg, path)
     assert [json.loads(line)["dataset"] for line in path.read_text().splitlines()] == ["SVAMP"] * 3
 
-    def counting(model, tok, prompts, *args, desc="", **kw):
-        decoded.append(desc)
-        return real(model, tok, prompts, *args, desc=desc, **kw)
+    def counting(model, tok, prompts, *args, **kw):
+        decoded.extend(prompts)
+        return real(model, tok, prompts, *args, **kw)
 
     monkeypatch.setattr(gen, "generate", counting)
     resumed = gen.evaluate(model, tok, evals, cfg, path)
-    assert decoded == ["eval AddSub"]
+    assert len(decoded) == 2 and all("Add 4" in p or "Multiply 2" in p for p in decoded)
     assert resumed["datasets"] == full["datasets"]
     assert path.read_text() == (tmp_path / "full.jsonl").read_text()
 
     decoded.clear()  # other decoding settings: nothing is reused
     gen.evaluate(model, tok, evals, OmegaConf.merge(cfg, {"max_new_tokens": 4}), path)
-    assert decoded == ["eval SVAMP", "eval AddSub"]
+    assert len(decoded) == 5
 
 
 @pytest.mark.parametrize("case", ["hlpt", "para"])

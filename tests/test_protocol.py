@@ -84,10 +84,14 @@ def test_evaluate_in_parity_mode_end_to_end(monkeypatch, tmp_path):
     tok = byte_tokenizer()
     calls = []
 
-    def fake_generate(model, tokenizer, prompts, batch_size, max_new_tokens, num_beams, stop_at_markers, **kw):
+    def fake_generate(model, tokenizer, prompts, batch_size, max_new_tokens, num_beams, stop_at_markers,
+                      on_done=None, **kw):
         calls.append((prompts, max_new_tokens, num_beams, stop_at_markers))
         cont = " The answer is 5.\n\n### Instruction:\nAdd 1 and 1.\n\n### Response:\n2"
-        return [(tokenizer(p)["input_ids"], tokenizer(cont, add_special_tokens=False)["input_ids"]) for p in prompts]
+        out = [(tokenizer(p)["input_ids"], tokenizer(cont, add_special_tokens=False)["input_ids"]) for p in prompts]
+        for i, (p, new) in enumerate(out):
+            on_done(i, p, new)
+        return out
 
     monkeypatch.setattr(gen, "generate", fake_generate)
     model = torch.nn.Linear(1, 1)

@@ -163,11 +163,11 @@ def _scatter_state(old: Any, new: Any, slots: torch.Tensor) -> Any:
 @torch.no_grad()
 def continuous_greedy(model, prompts: list[list[int]], rows: int, max_new_tokens: int, eos_token_id, pad_id: int,
                       stopped: Callable[[list[int]], bool] | None = None,
-                      progress: Callable[[int], object] | None = None) -> list[list[int]]:
+                      on_done: Callable[[int, list[int]], object] | None = None) -> list[list[int]]:
     """Greedy continuations (token ids, ending with EOS when it was emitted) of ``prompts`` (token
-    id lists), at most ``rows`` decoding at once. A row ends at EOS, after ``max_new_tokens``,
-    or when ``stopped(tokens)`` is true; its place goes to the next waiting prompt.
-    ``progress(n)`` is called with the number of answers each step finished."""
+    id lists), at most ``rows`` decoding at once, the waiting prompts taken in order. A row ends
+    at EOS, after ``max_new_tokens``, or when ``stopped(tokens)`` is true; its place goes to the
+    next waiting prompt. ``on_done(i, tokens)`` is called as answer ``i`` is complete."""
     eos = set([] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else eos_token_id)
     adapters = getattr(model, ATTR, None)
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -215,9 +215,9 @@ def continuous_greedy(model, prompts: list[list[int]], rows: int, max_new_tokens
                     out[i].append(token)
         done = [j for j, i in enumerate(batch.owners) if i is not None and finished(i)]
         for j in done:
+            if on_done is not None:
+                on_done(batch.owners[j], out[batch.owners[j]])
             batch.owners[j] = None
-        if progress is not None and done:
-            progress(len(done))
         if not waiting and any(owner is None for owner in batch.owners):
             keep = [j for j, owner in enumerate(batch.owners) if owner is not None]
             if not keep:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tqdm import tqdm
@@ -42,36 +42,42 @@ def stopped_by_marker(tokenizer):
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int, num_beams: int = 1,
-             stop_at_markers: bool = True, stats: dict[str, float] | None = None,
-             desc: str | None = None) -> list[tuple[list[int], list[int]]]:
-    """(prompt token ids, continuation token ids) for each of ``prompts`` (in order). The
-    continuation ends with EOS when the model emitted it; greedy decoding also stops at a template
-    marker when ``stop_at_markers``, beam search never does.
+             stop_at_markers: bool = True, stats: dict[str, float] | None = None, desc: str | None = None,
+             on_done: Callable[[int, list[int], list[int]], object] | None = None) -> list[tuple[list[int], list[int]]]:
+    """(prompt token ids, continuation token ids) for each of ``prompts``, decoded in the order
+    given (callers put prompts of similar length together). The continuation ends with EOS when
+    the model emitted it; greedy decoding also stops at a template marker when
+    ``stop_at_markers``, beam search never does. ``on_done(i, prompt_ids, new_ids)`` is called
+    as each answer is complete.
 
     ``stats``, when given, accumulates ``new_tokens`` (generated, up to EOS/stop) and ``seconds``.
     """
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
     ids = [tokenizer(p)["input_ids"] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))  # similar lengths share a prefill
-    t0 = time.perf_counter()
     new: list[list[int]] = [[] for _ in prompts]
-    if num_beams == 1:
-        with tqdm(total=len(prompts), desc=desc, disable=desc is None, dynamic_ncols=True) as bar:
-            decoded = continuous_greedy(model, [ids[i] for i in order], batch_size, max_new_tokens, eos,
-                                        tokenizer.pad_token_id, stopped_by_marker(tokenizer) if stop_at_markers else None,
-                                        progress=bar.update)
-        for i, row in zip(order, decoded):
-            new[i] = row
-    else:
-        tokenizer.padding_side = "left"
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=desc is None, dynamic_ncols=True):
-            idx = order[start : start + batch_size]
-            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
-                                 use_cache=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
-            for i, row in zip(idx, gen[:, enc.input_ids.shape[1]:].tolist()):
-                new[i] = _until_eos(row, eos)
+    done = on_done or (lambda *_: None)
+    t0 = time.perf_counter()
+    with tqdm(total=len(prompts), desc=desc, disable=desc is None, dynamic_ncols=True) as bar:
+        if num_beams == 1:
+            def finished(i: int, tokens: list[int]) -> None:
+                new[i] = tokens
+                bar.update(1)
+                done(i, ids[i], tokens)
+
+            continuous_greedy(model, ids, batch_size, max_new_tokens, eos, tokenizer.pad_token_id,
+                              stopped_by_marker(tokenizer) if stop_at_markers else None, on_done=finished)
+        else:
+            tokenizer.padding_side = "left"
+            for start in range(0, len(prompts), batch_size):
+                idx = range(start, min(start + batch_size, len(prompts)))
+                enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
+                gen = model.generate(**enc, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+                                     use_cache=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
+                for i, row in zip(idx, gen[:, enc.input_ids.shape[1]:].tolist()):
+                    new[i] = _until_eos(row, eos)
+                    bar.update(1)
+                    done(i, ids[i], new[i])
     if stats is not None:
         stats["seconds"] = stats.get("seconds", 0.0) + time.perf_counter() - t0
         stats["new_tokens"] = stats.get("new_tokens", 0) + sum(len(row) - (row[-1:] == [eos]) for row in new)
@@ -103,42 +109,62 @@ def evaluate(model, tokenizer, evals: dict[str, list[dict[str, Any]]], eval_cfg,
              missing: dict[str, str] | None = None, dataset_max_new_tokens: int | None = None) -> dict[str, Any]:
     """Score every evaluation set; writes one JSON line per example to ``predictions_path``.
 
-    The file is rewritten after each set, so an evaluation stopped part-way (a long CPU run,
-    a job's time limit) keeps its finished sets, and evaluating into the same file again
+    The sets still to answer are decoded as one stream, set after set (prompts sorted by length
+    within a set): rows freed by one set's last answers already take the next set's questions, so
+    no set ends in a half-empty batch. The file is rewritten whenever a set is complete, so an
+    evaluation stopped part-way keeps its finished sets, and evaluating into the same file again
     (``train.resume=true``) decodes only the sets still missing."""
     model.eval()
     protocol, num_beams, max_new_tokens = resolve(eval_cfg, dataset_max_new_tokens)
-    results: dict[str, Any] = {}
-    lines: list[dict[str, Any]] = []
-    stats: dict[str, float] = {}
     decode = {"mode": protocol.name, "num_beams": num_beams, "max_new_tokens": max_new_tokens}
     earlier = finished_sets(predictions_path, decode)
-    for name, items in evals.items():
-        if eval_cfg.limit:
-            items = items[: int(eval_cfg.limit)]
+    sets = {name: items[: int(eval_cfg.limit)] if eval_cfg.limit else items for name, items in evals.items()}
+    responses: dict[str, list[str | None]] = {}
+    for name, items in sets.items():
         old = earlier.get(name, [])
-        if [r["instruction"] for r in old] == [ex["instruction"] for ex in items]:
-            responses = [r["response"] for r in old]
-        else:
-            prompts = [protocol.prompt(ex) for ex in items]
-            decoded = generate(model, tokenizer, prompts, int(eval_cfg.batch_size), max_new_tokens, num_beams,
-                               protocol.stop_at_markers, stats=stats, desc=f"eval {name}")
-            responses = [protocol.response(tokenizer, name, p, new) for p, new in decoded]
-        correct = 0
-        for i, (ex, resp) in enumerate(zip(items, responses)):
+        reusable = [r["instruction"] for r in old] == [ex["instruction"] for ex in items]
+        responses[name] = [r["response"] for r in old] if reusable else [None] * len(items)
+    results: dict[str, Any] = {}
+    lines: dict[str, list[dict[str, Any]]] = {}
+
+    def finish(name: str) -> None:
+        """Score a complete set and rewrite the predictions file with every complete set."""
+        items, correct, lines[name] = sets[name], 0, []
+        for i, (ex, resp) in enumerate(zip(items, responses[name])):
             ok = is_correct(name, resp, ex["answer"], mode=protocol.name)
             correct += ok
-            pred = extract(name, resp, protocol.name)
-            lines.append({"dataset": name, "index": i, "instruction": ex["instruction"], "response": resp,
-                          "gold": ex["answer"], "pred": pred, "correct": ok, **decode})
-        n = len(items)
-        results[name] = {"n": n, "correct": correct, "accuracy": 100.0 * correct / n if n else 0.0}
+            lines[name].append({"dataset": name, "index": i, "instruction": ex["instruction"], "response": resp,
+                                "gold": ex["answer"], "pred": extract(name, resp, protocol.name), "correct": ok,
+                                **decode})
+        results[name] = {"n": len(items), "correct": correct, "accuracy": 100.0 * correct / len(items) if items else 0.0}
         if predictions_path is not None:
             tmp = predictions_path.with_name(predictions_path.name + ".tmp")
             with open(tmp, "w", encoding="utf-8") as f:
-                for line in lines:
-                    f.write(json.dumps(line) + "\n")
+                for done_set in (n for n in sets if n in lines):
+                    for line in lines[done_set]:
+                        f.write(json.dumps(line) + "\n")
             tmp.replace(predictions_path)
+
+    queue = [(name, i) for name, items in sets.items() if None in responses[name]
+             for i in sorted(range(len(items)), key=lambda i: len(items[i]["instruction"]))]
+    left = {name: len(sets[name]) for name in sets if None in responses[name]}
+    for name in sets:
+        if name not in left:
+            finish(name)
+
+    def answered(k: int, prompt_ids: list[int], new_ids: list[int]) -> None:
+        name, i = queue[k]
+        responses[name][i] = protocol.response(tokenizer, name, prompt_ids, new_ids)
+        left[name] -= 1
+        if not left[name]:
+            finish(name)
+
+    stats: dict[str, float] = {}
+    if queue:
+        generate(model, tokenizer, [protocol.prompt(sets[name][i]) for name, i in queue], int(eval_cfg.batch_size),
+                 max_new_tokens, num_beams, protocol.stop_at_markers, stats=stats,
+                 desc=f"eval {', '.join(left)}", on_done=answered)
+    results = {name: results[name] for name in sets}
     accs = [r["accuracy"] for r in results.values()]
     base = next(model.parameters())  # the embedding: the frozen base's device and dtype
     return {
