@@ -93,9 +93,10 @@ def test_ratio_sweep_figure_orders_ratios_and_draws_the_reference(tmp_path):
     _run_dir(runs_dir, "3", "lora", [(0, 30)], 18.0, ["method=lora"])
     runs = collect_runs([runs_dir])
     series, refs = sweep_series(runs)
-    assert series == {"hlpt": [(5 / 30, "5:27\n(5:25)", 15.0), (15 / 30, "16:16\n(15:15)", 17.0),
-                               (23 / 30, "24:8\n(23:7)", 19.0)]}
-    assert refs == [("lora (all layers)", 18.0)]
+    # no predictions.jsonl here: points without intervals
+    assert series == {"hlpt": [(5 / 30, "5:27\n(5:25)", 15.0, None), (15 / 30, "16:16\n(15:15)", 17.0, None),
+                               (23 / 30, "24:8\n(23:7)", 19.0, None)]}
+    assert refs == [("lora (all layers)", 18.0, None)]
     p = subprocess.run([EXE, "report", str(runs_dir), "--out", str(tmp_path / "out")], capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
@@ -167,3 +168,21 @@ def test_above_chance_subtracts_what_the_runs_own_answers_score_shuffled(tmp_pat
     p = subprocess.run([EXE, "report", str(tmp_path / "runs"), "--above-chance"], capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 2 and f"{d / 'predictions.jsonl'}:5: not a prediction record" in p.stdout, p.stdout
+
+
+def test_every_committed_prediction_rescores_to_its_metrics():
+    """Each committed run's answers, scored again with is_correct under the run's own scoring mode,
+    give the per-set counts its metrics.json reports."""
+    from layerpeft.eval.answers import is_correct
+
+    runs = [d for d in sorted((REPO / "results").iterdir()) if (d / "predictions.jsonl").is_file()]
+    assert len(runs) >= 25
+    for d in runs:
+        metrics = json.loads((d / "metrics.json").read_text())
+        counts: dict[str, list[int]] = {}
+        for line in (d / "predictions.jsonl").read_text().splitlines():
+            x = json.loads(line)
+            ok = is_correct(x["dataset"], x["response"], x["gold"], mode=metrics.get("scoring", "strict"))
+            counts.setdefault(x["dataset"], []).append(int(ok))
+        got = {k: (len(v), sum(v)) for k, v in counts.items()}
+        assert got == {k: (m["n"], m["correct"]) for k, m in metrics["datasets"].items()}, d.name

@@ -35,10 +35,17 @@ def test_ratio_sweep_and_report(tmp_path):
     by_label = {row["run"]: row for row in rows}
     # 4 tiny layers: 5:27, 8:24, 11:21 → 1:3; 16:16 → 2:2; 21:11, 24:8, 27:5 → 3:1
     expected = {"5:27": "1:3", "8:24": "1:3", "11:21": "1:3", "16:16": "2:2", "21:11": "3:1", "24:8": "3:1", "27:5": "3:1"}
+    # tiny: d 64, FFN 128, 2 key-value heads of 16. A gated LoRA-FFN layer: 8·128 + 64·8 + (128 + 1);
+    # a gated 20-token prefix layer: 2·20·32 + (64 + 1)
+    lora_layer, prefix_layer = 8 * 128 + 64 * 8 + 129, 2 * 20 * 32 + 65
     for ratio, layers in expected.items():
         row = by_label[f"layer_ratio={ratio}"]
+        bottom, top = map(int, layers.split(":"))
         assert row["layers"] == layers and row["status"] == "ok"
-        assert float(row["synthetic"]) >= 0 and int(row["trainable params"]) > 0
+        assert int(row["trainable params"]) == bottom * lora_layer + top * prefix_layer
+        run_dir = next(d for d in sweep.iterdir() if d.name.endswith(f"layer_ratio={ratio}"))
+        answers = [json.loads(line)["correct"] for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+        assert len(answers) == 4 and float(row["synthetic"]) == pytest.approx(100 * sum(answers) / 4)
     assert by_label["layer_ratio=3:4:1"]["status"].startswith("failed: PlanError")
     assert "| layer_ratio=16:16 | hlpt | 2:2 |" in (out / "report.md").read_text()
     assert (sweep / "report.md").is_file()  # the sweep's own summary table
@@ -51,15 +58,23 @@ def test_submitit_local_launcher_runs_the_same_sweep(tmp_path):
                         "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep}"],
                        capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
-    statuses = [json.loads(m.read_text())["status"] for m in sorted(sweep.glob("*/metrics.json"))]
-    assert statuses == ["ok", "ok"]
+    metrics = [json.loads(m.read_text()) for m in sorted(sweep.glob("*/metrics.json"))]
+    assert [m["status"] for m in metrics] == ["ok", "ok"]
+    # each job ran its own plan: 5:27 → 1 LoRA layer and 3 prefix layers on the tiny model, 27:5 → 3 and 1
+    plans = [json.loads(p.read_text())["layers"] for p in sorted(sweep.glob("*/plan.json"))]
+    assert plans == [[["lora_ffn"]] + [["prefix"]] * 3, [["lora_ffn"]] * 3 + [["prefix"]]]
 
 
 def test_slurm_launcher_config_composes():
-    from layerpeft.config import compose
+    from hydra import compose as hydra_compose, initialize_config_dir
 
-    cfg = compose("train", ["hydra/launcher=slurm"])
-    assert cfg is not None
+    from layerpeft.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        cfg = hydra_compose("train", ["hydra/launcher=slurm"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.timeout_min) == (1, 1, 720)
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from layerpeft.report.tables import (chance_rows, collect_runs, csv_text, efficiency_rows, markdown, relative_rows,
-                                     table_rows)
+from layerpeft.report.tables import (COMPARISON_COLUMNS, chance_rows, collect_runs, comparison_rows, csv_text,
+                                     efficiency_rows, markdown, relative_rows, table_rows)
 
 
 def main(argv: list[str]) -> int:
@@ -23,8 +23,9 @@ def main(argv: list[str]) -> int:
                          "questions (from predictions.jsonl): near 0 means the answer format was learnt, "
                          "not the task")
     ap.add_argument("--baseline", default=None,
-                    help="run label, directory name or method that --efficiency/--relative compare with "
-                         "(--efficiency default: a `full` run)")
+                    help="run label, directory name or method to compare with: alone, every cell's difference to it "
+                         "with a paired 95 %% bootstrap interval and p-value (and comparison.csv with --out); with "
+                         "--efficiency/--relative, the reference of those tables (--efficiency default: a `full` run)")
     args = ap.parse_args(argv)
     try:
         runs = collect_runs(args.dirs)
@@ -37,6 +38,7 @@ def main(argv: list[str]) -> int:
     if args.relative and not args.baseline:
         print("layerpeft report: error: --relative needs --baseline RUN_OR_METHOD")
         return 2
+    comparison = None
     try:
         if args.efficiency:
             header, rows = efficiency_rows(runs, args.baseline)
@@ -46,17 +48,28 @@ def main(argv: list[str]) -> int:
             header, rows = chance_rows(runs)
         else:
             header, rows = table_rows(runs)
+            if args.baseline:
+                comparison = comparison_rows(runs, args.baseline)
     except ValueError as e:
         print(f"layerpeft report: error: {e}")
         return 2
     md, csv_ = markdown(header, rows), csv_text(header, rows)
     print(md)
+    if comparison:
+        print()
+        print(markdown(*comparison[:2]))
+        print("\n* the 95 % interval (paired bootstrap over questions, stratified by set; seeds resampled too) "
+              "excludes 0. p: exact McNemar on the pooled questions for single runs, else the bootstrap's.")
     if args.out:
         from layerpeft.report.figures import all_figures
 
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "report.md").write_text(md + "\n")
+        (args.out / "report.md").write_text(md + "\n" + (f"\n{markdown(*comparison[:2])}\n" if comparison else ""))
         (args.out / "report.csv").write_text(csv_)
-        written = [args.out / "report.md", args.out / "report.csv", *all_figures(runs, args.out)]
+        written = [args.out / "report.md", args.out / "report.csv"]
+        if comparison:
+            (args.out / "comparison.csv").write_text(csv_text(COMPARISON_COLUMNS, comparison[2]))
+            written.append(args.out / "comparison.csv")
+        written += all_figures(runs, args.out)
         print("wrote " + ", ".join(str(p) for p in written))
     return 0

@@ -28,47 +28,72 @@ def _requested_ratio(run: Run) -> str | None:
     return None
 
 
-def sweep_series(runs: list[Run]) -> tuple[dict[str, list[tuple[float, str, float]]], list[tuple[str, float]]]:
+def _interval(cell) -> tuple[float, float] | None:
+    """The cell's 95 % bootstrap interval of its average, when its answers are on disk."""
+    from layerpeft.report.stats import interval, load_predictions
+
+    try:
+        load_predictions(cell)
+    except ValueError:
+        return None
+    return interval(cell)
+
+
+def sweep_series(runs: list[Run]) -> tuple[dict[str, list[tuple[float, str, float, tuple | None]]],
+                                            list[tuple[str, float, tuple | None]]]:
     """Points of the ratio figure: per method, (share of the layers in the bottom part, ratio
-    label, average) ordered by that share; and the reference lines, (label, average) of runs
-    whose plan has one segment. The share, not the label's rank, places a point, so a sweep
-    with ratios still missing keeps its spacing."""
-    swept = [r for r in runs if r.metrics.get("average") is not None and len(r.segments.split(":")) >= 2]
-    series: dict[str, list[tuple[float, str, float]]] = {}
-    for r in swept:
+    label, mean average over the seeds, its 95 % interval) ordered by that share; and the
+    reference lines, (label, average, interval) of cells whose plan has one segment. The share,
+    not the label's rank, places a point, so a sweep with ratios still missing keeps its spacing."""
+    from layerpeft.report.stats import group_cells
+
+    series: dict[str, list] = {}
+    refs = []
+    for cell in group_cells([r for r in runs if r.metrics.get("average") is not None]):
+        r = cell.runs[0]
+        avg = float(cell.averages().mean())
+        if not r.segments:
+            continue
+        if ":" not in r.segments:
+            refs.append((f"{r.metrics.get('method')} (all layers)", avg, _interval(cell)))
+            continue
         parts = [int(x) for x in r.segments.split(":")]
         asked = _requested_ratio(r)
         label = r.segments if not asked or asked == r.segments else f"{asked}\n({r.segments})"
-        series.setdefault(r.metrics.get("method"), []).append((parts[0] / sum(parts), label, r.metrics["average"]))
+        series.setdefault(r.metrics.get("method"), []).append((parts[0] / sum(parts), label, avg, _interval(cell)))
     for points in series.values():
-        points.sort()
-    refs = [(f"{r.metrics.get('method')} (all layers)", r.metrics["average"]) for r in runs
-            if r.metrics.get("average") is not None and r.segments and ":" not in r.segments]
+        points.sort(key=lambda p: p[0])
     return series, refs
 
 
 def ratio_sweep(runs: list[Run], out: Path) -> list[Path]:
-    """Average accuracy against the bottom:top ratio, one line per method (HLPT Fig. 2a), with
-    single-segment runs (LoRA on every layer, …) as horizontal reference lines. Drawn only when
-    some method ran at two ratios or more: a table of methods at their default ratios (HLPT
-    23:7 beside H²LPT 11:15:4) is no sweep."""
+    """Average accuracy against the bottom:top ratio, one line per method (HLPT Fig. 2a), each
+    point with its 95 % interval (paired bootstrap over questions and seeds), with single-segment
+    runs (LoRA on every layer, …) as horizontal reference lines and bands. Drawn only when some
+    method ran at two ratios or more: a table of methods at their default ratios (HLPT 23:7
+    beside H²LPT 11:15:4) is no sweep."""
     series, refs = sweep_series(runs)
-    if not any(len({label for _, label, _ in points}) >= 2 for points in series.values()):
+    if not any(len({label for _, label, _, _ in points}) >= 2 for points in series.values()):
         return []
     # Wide, with small tick labels: the paper's 8:24 and 11:21 sit 2/30 of the axis apart on a
     # 30-layer model, and their two-line labels must not run into each other.
     fig, ax = plt.subplots(figsize=(9, 4.2))
     ticks: dict[float, str] = {}
     for method, points in sorted(series.items()):
-        for share, label, _ in points:
+        for share, label, _, _ in points:
             ticks.setdefault(share, label)
-        ax.plot([share for share, _, _ in points], [avg for _, _, avg in points], marker="o", label=method)
-    for i, (label, avg) in enumerate(refs):
-        ax.axhline(avg, linestyle="--", color=f"C{len(series) + i}", label=label)
+        x, y = [p[0] for p in points], [p[2] for p in points]
+        err = [[p[2] - p[3][0] if p[3] else 0 for p in points], [p[3][1] - p[2] if p[3] else 0 for p in points]]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=method)
+    for i, (label, avg, band) in enumerate(refs):
+        color = f"C{len(series) + i}"
+        ax.axhline(avg, linestyle="--", color=color, label=label)
+        if band:
+            ax.axhspan(*band, color=color, alpha=0.12)
     ax.set_xticks(list(ticks), list(ticks.values()), fontsize=8)
     ax.set_xlim(0, 1)
     ax.set_xlabel("bottom:top layers (requested, and as placed on this model), at the bottom part's share")
-    ax.set_ylabel("average accuracy (%)")
+    ax.set_ylabel("average accuracy (%), 95 % interval")
     ax.set_title("Accuracy against the bottom:top layer ratio")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -103,26 +128,41 @@ def _steps_per_epoch_from_config(run: Run, steps: int) -> int:
 
 
 def convergence(runs: list[Run], out: Path) -> list[Path]:
-    """Training (solid) and validation (dashed) loss per epoch, one colour per run."""
-    curves = [(r, *epoch_losses(r)) for r in runs]
-    curves = [c for c in curves if c[1]]
+    """Training (solid) and validation (dashed) loss per epoch, one colour per cell; with several
+    seeds the line is their mean and a band spans their lowest to highest."""
+    from layerpeft.report.stats import group_cells
+
+    curves = []
+    for cell in group_cells(runs):
+        per_run = [epoch_losses(r) for r in cell.runs]
+        per_run = [c for c in per_run if c[0]]
+        if per_run:
+            curves.append((cell.label, [c[0] for c in per_run], [c[1] for c in per_run if c[1]]))
     if not curves:
         return []
     # past ten runs the default colour cycle repeats: take 20 colours and vary the marker too
     many = len(curves) > 10
     palette, markers = (plt.get_cmap("tab20").colors, "o^Dv") if many else (plt.get_cmap("tab10").colors, "o")
     fig, ax = plt.subplots(figsize=(13 if many else 10, 4.5))
-    for i, (r, train, val) in enumerate(curves):
+    for i, (label, trains, vals) in enumerate(curves):
         color, marker = palette[i % len(palette)], markers[i % len(markers)]
-        ax.plot(*zip(*train), marker=marker, color=color, label=r.label)
-        if val:
-            ax.plot(*zip(*val), marker=marker, linestyle="--", color=color, markerfacecolor="none")
+        for seeds, style in ((trains, "-"), (vals, "--")):
+            if not seeds:
+                continue
+            epochs = sorted({e for curve in seeds for e, _ in curve})
+            values = [[dict(curve).get(e) for curve in seeds] for e in epochs]
+            mean = [sum(v for v in vs if v is not None) / sum(v is not None for v in vs) for vs in values]
+            ax.plot(epochs, mean, marker=marker, linestyle=style, color=color,
+                    markerfacecolor=color if style == "-" else "none", label=label if style == "-" else None)
+            if len(seeds) > 1:
+                ax.fill_between(epochs, [min(v for v in vs if v is not None) for vs in values],
+                                [max(v for v in vs if v is not None) for vs in values], color=color, alpha=0.15)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (mean per epoch)")
-    ax.set_title("Loss per epoch (solid: training, dashed: validation)")
+    ax.set_title("Loss per epoch (solid: training, dashed: validation; bands: lowest to highest seed)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
-    # one entry per run, beside the axes: with many runs a legend inside hides the curves
+    # one entry per cell, beside the axes: with many runs a legend inside hides the curves
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path = out / "convergence.png"

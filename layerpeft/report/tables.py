@@ -77,12 +77,23 @@ def _fmt(x: Any) -> str:
     return str(x)
 
 
-def table_rows(runs: list[Run]) -> tuple[list[str], list[list[Any]]]:
+def _datasets(runs: list[Run]) -> list[str]:
     datasets: list[str] = []
     for r in runs:
         for name in (r.metrics.get("datasets") or {}):
             if name not in datasets:
                 datasets.append(name)
+    return datasets
+
+
+def table_rows(runs: list[Run]) -> tuple[list[str], list[list[Any]]]:
+    """One row per run; when some configuration ran with several seeds, one row per cell
+    (``cell_rows``)."""
+    from layerpeft.report.stats import group_cells
+
+    if any(c.seeds > 1 for c in group_cells(runs)):
+        return cell_rows(runs)
+    datasets = _datasets(runs)
     header = ["run", "method", "layers", *datasets, "Avg.", "trainable params", "status"]
     rows = []
     for r in runs:
@@ -90,6 +101,76 @@ def table_rows(runs: list[Run]) -> tuple[list[str], list[list[Any]]]:
         accs = [((m.get("datasets") or {}).get(d) or {}).get("accuracy") for d in datasets]
         rows.append([r.label, m.get("method"), r.segments, *accs, m.get("average"), m.get("trainable_params"), _status(m)])
     return header, rows
+
+
+def _mean_sd(mean: float | None, sd: float, seeds: int) -> str | None:
+    if mean is None:
+        return None
+    return f"{mean:.2f}" if seeds == 1 else f"{mean:.2f} ± {sd:.2f}"
+
+
+def cell_rows(runs: list[Run]) -> tuple[list[str], list[list[Any]]]:
+    """One row per cell (runs that differ only in ``seed``): each set's and the average's mean
+    ± standard deviation over the seeds, and the number of seeds."""
+    from layerpeft.report.stats import describe, group_cells
+
+    datasets = _datasets(runs)
+    header = ["run", "method", "layers", "seeds", *datasets, "Avg.", "trainable params", "status"]
+    rows = []
+    for cell in group_cells(runs):
+        d = describe(cell)
+        statuses = sorted({_status(r.metrics) for r in cell.runs})
+        rows.append([cell.label, cell.method, cell.runs[0].segments, cell.seeds,
+                     *[_mean_sd(*d["sets"][k], cell.seeds) if k in d["sets"] else None for k in datasets],
+                     _mean_sd(d["average_mean"], d["average_sd"], cell.seeds),
+                     cell.runs[0].metrics.get("trainable_params"), ", ".join(statuses)])
+    return header, rows
+
+
+COMPARISON_COLUMNS = ["label", "method", "seeds", "average_mean", "average_sd", "delta", "ci_low", "ci_high", "p_value"]
+
+
+def comparison_rows(runs: list[Run], baseline: str) -> tuple[list[str], list[list[Any]], list[list[Any]]]:
+    """Every cell against the ``baseline`` cell: Δ of the average, its paired 95 % bootstrap
+    interval and p-value (``report/stats.py``); ``*`` marks intervals that exclude 0. Returns
+    the markdown header and rows and the rows of comparison.csv (``COMPARISON_COLUMNS``)."""
+    from layerpeft.report.stats import compare, describe, group_cells, load_predictions
+
+    cells = group_cells(runs)
+    base = find_baseline_cell(cells, baseline)
+    for cell in cells:
+        load_predictions(cell)
+    header = ["run", "method", "seeds", "Avg.", f"Δ vs {base.label}", "95 % CI", "p", "test"]
+    rows, table = [], []
+    for cell in cells:
+        d = describe(cell)
+        avg = _mean_sd(d["average_mean"], d["average_sd"], cell.seeds)
+        if cell is base:  # against itself: no difference, a zero-width interval
+            rows.append([cell.label, cell.method, cell.seeds, avg, "(baseline)", None, None, None])
+            table.append([cell.label, cell.method, cell.seeds, d["average_mean"], d["average_sd"], 0.0, 0.0, 0.0, 1.0])
+            continue
+        c = compare(cell, base)
+        mark = " *" if c.significant else ""
+        rows.append([cell.label, cell.method, cell.seeds, avg, f"{c.delta:+.2f}{mark}",
+                     f"[{c.ci_low:+.2f}, {c.ci_high:+.2f}]", f"{c.p_value:.3g}", c.test])
+        table.append([cell.label, cell.method, cell.seeds, d["average_mean"], d["average_sd"], c.delta, c.ci_low,
+                      c.ci_high, c.p_value])
+    return header, rows, table
+
+
+def find_baseline_cell(cells: list, baseline: str):
+    """The cell whose label is ``baseline``, else the one holding a run directory of that name,
+    else the one cell of that method; an ambiguous or unknown name is an error listing the cells."""
+    for match in (lambda c: c.label == baseline, lambda c: any(r.path.name == baseline for r in c.runs)):
+        found = [c for c in cells if match(c)]
+        if found:
+            return found[0]
+    by_method = [c for c in cells if c.method == baseline]
+    if len(by_method) == 1:
+        return by_method[0]
+    labels = ", ".join(c.label for c in (by_method or cells))
+    what = "several cells have method" if by_method else "no cell is labelled or has method"
+    raise ValueError(f"--baseline {baseline}: {what} {baseline!r}; pass one of: {labels}")
 
 
 def _status(metrics: dict[str, Any]) -> str:
