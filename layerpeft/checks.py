@@ -67,7 +67,8 @@ def check_device(cfg) -> None:
 
 
 def check_eval(cfg) -> None:
-    """``eval.*`` (and the protocol's constraints on them)."""
+    """``eval.*`` (and the protocol's constraints on them), and the dataset's evaluation sets."""
+    from layerpeft.data.tasks import check_dataset
     from layerpeft.eval.protocol import resolve
 
     positive_int(cfg, "eval.batch_size")
@@ -75,6 +76,8 @@ def check_eval(cfg) -> None:
     positive_int(cfg, "eval.max_new_tokens", optional=True)
     positive_int(cfg, "eval.limit", optional=True)
     dataset = cfg.get("dataset")
+    if dataset is not None:
+        check_dataset(dataset)
     try:
         resolve(cfg.eval, dataset.get("max_new_tokens") if dataset is not None else None)
     except ValueError as e:
@@ -115,3 +118,7 @@ def check_train(cfg) -> None:
         choice(cfg, "logger.mode", LOGGER_MODES)
     if cfg.eval.enabled:
         check_eval(cfg)
+    else:
+        from layerpeft.data.tasks import check_dataset
+
+        check_dataset(cfg.dataset)

@@ -15,7 +15,7 @@ from layerpeft.data.files import DataError
 from layerpeft.data.prompts import collate, prompt_text, tokenize_example
 from layerpeft.data.synthetic import synthetic_math
 from layerpeft.data.tasks import load_task
-from layerpeft.eval.answers import is_correct
+from layerpeft.eval.answers import AnswerSpec, is_correct
 from layerpeft.models.tiny import byte_tokenizer
 
 EXE = str(Path(sys.executable).with_name("layerpeft"))
@@ -74,16 +74,67 @@ def test_eval_cli_reports_holdout_sizes(tmp_path):
 
 
 def test_missing_and_malformed_files_name_the_file(tmp_path):
-    ds = {"name": "x", "source": "files", "train": "train.json", "eval_sets": {"t": "test.json"}}
+    ds = {"name": "x", "train": {"path": "train.json"}, "evals": {"t": {"path": "test.json", "answer_type": "exact"}}}
     with pytest.raises(DataError, match=r"train\.json: file not found"):
         load_task(ds, {"dir": str(tmp_path)})
     (tmp_path / "train.json").write_text("{not json")
-    with pytest.raises(DataError, match=r"train\.json: not valid JSON"):
+    with pytest.raises(DataError, match=r"train\.json: not readable as JSON"):
         load_task(ds, {"dir": str(tmp_path)})
     (tmp_path / "train.json").write_text(json.dumps([{"instruction": "q", "output": "a"}]))
     (tmp_path / "test.json").write_text(json.dumps([{"instruction": "q", "output": "a"}]))
-    with pytest.raises(DataError, match=r"test\.json: item 0 lacks string field\(s\) answer"):
+    with pytest.raises(DataError, match=r"test\.json: no column for answer \(column 'answer'\)"):
         load_task(ds, {"dir": str(tmp_path)})
+    with pytest.raises(DataError, match=r"dataset.evals.t.answer_type='capital': every evaluation set declares"):
+        load_task({**ds, "evals": {"t": {"path": "test.json", "answer_type": "capital"}}}, {"dir": str(tmp_path)})
+
+
+def write_own_data(root: Path) -> tuple[Path, Path]:
+    """The README's worked example: a JSONL training file and a CSV evaluation set with its own columns."""
+    root.mkdir(parents=True, exist_ok=True)
+    train = root / "capitals_train.jsonl"
+    train.write_text("".join(json.dumps({"question": f"Capital of Country{i}?", "target": f"The answer is City{i}."})
+                             + "\n" for i in range(40)))
+    test = root / "capitals_test.csv"
+    test.write_text("question,city\nCapital of Country3?,City3\nCapital of Country7?,City7\n")
+    return train, test
+
+
+def own_data_args(train: Path, test: Path, gold_column: str = "city") -> list[str]:
+    return ["dataset=custom", f"dataset.train.path={train}", "dataset.columns.instruction=question",
+            "dataset.columns.output=target", f"+dataset.evals.capitals.path={test}",
+            "+dataset.evals.capitals.answer_type=exact", f"+dataset.evals.capitals.columns.answer={gold_column}"]
+
+
+def test_own_data_trains_and_is_scored_by_exact_match(tmp_path):
+    train, test = write_own_data(tmp_path / "data")
+    run = tmp_path / "run"
+    common = ["model=tiny", "logger=none", "eval.max_new_tokens=8", "data.val_size=4"]
+    p = subprocess.run([EXE, "train", *common, "method=lora", "train.max_steps=2", *own_data_args(train, test),
+                        f"hydra.run.dir={run}"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["datasets"]["capitals"]["n"] == 2 and metrics["train"]["steps"] == 2
+    # the same questions, with the gold of the first set to what the run answered: an exact match
+    first = json.loads((run / "predictions.jsonl").read_text().splitlines()[0])
+    assert first["response"].strip(), "premise: the model answered something"
+    echo = tmp_path / "data" / "echo.csv"
+    echo.write_text(f"question,city\nCapital of Country3?,\"{first['response']}\"\nCapital of Country7?,City7\n")
+    out = tmp_path / "eval"
+    e = subprocess.run([EXE, "eval", f"run={run}", "eval.max_new_tokens=8", *own_data_args(train, echo), f"hydra.run.dir={out}"],
+                       capture_output=True, text=True, timeout=600)
+    assert e.returncode == 0, e.stderr[-3000:]
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert lines[0]["response"] == first["response"] and lines[0]["correct"] is True
+    assert lines[1]["correct"] is (lines[1]["response"].strip().lower() == "city7")
+
+
+def test_an_unknown_answer_type_fails_at_composition_naming_the_set(tmp_path):
+    train, test = write_own_data(tmp_path / "data")
+    args = [a.replace("answer_type=exact", "answer_type=capital") for a in own_data_args(train, test)]
+    p = subprocess.run([EXE, "train", "model=tiny", "logger=none", *args, f"hydra.run.dir={tmp_path / 'run'}"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "dataset.evals.capitals.answer_type='capital'" in p.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_train_cli_fails_cleanly_on_missing_data(tmp_path):
@@ -99,7 +150,7 @@ def test_train_cli_fails_cleanly_on_missing_data(tmp_path):
 def test_synthetic_math_is_deterministic_and_self_consistent():
     a, b = synthetic_math(50, seed=3), synthetic_math(50, seed=3)
     assert a == b and a != synthetic_math(50, seed=4)
-    assert all(is_correct("synthetic", ex["output"], ex["answer"]) for ex in a)
+    assert all(is_correct(AnswerSpec("number"), ex["output"], ex["answer"]) for ex in a)
     assert all(ex["output"].rstrip().endswith(f"The answer is {int(float(ex['answer']))}.") for ex in a)
 
 

@@ -93,12 +93,14 @@ def test_interrupted_evaluation_resumes_with_its_finished_sets(tmp_path, monkeyp
     from omegaconf import OmegaConf
 
     import layerpeft.eval.generate as gen
+    from layerpeft.eval.answers import AnswerSpec
 
     model, tok = perturbed_model("lora")
     evals = {"SVAMP": [{"instruction": q, "answer": "5"} for q in ("Add 2 and 3.", "x", "Take 1 from 6.")],
              "AddSub": [{"instruction": q, "answer": "8"} for q in ("Add 4 and 4.", "Multiply 2 by 4.")]}
     cfg = OmegaConf.create({"batch_size": 2, "max_new_tokens": 6, "num_beams": None, "limit": None, "mode": "strict"})
-    full = gen.evaluate(model, tok, evals, cfg, tmp_path / "full.jsonl")
+    answers = {"SVAMP": AnswerSpec("number"), "AddSub": AnswerSpec("number")}
+    full = gen.evaluate(model, tok, evals, answers, cfg, tmp_path / "full.jsonl")
 
     real, decoded = gen.generate, []
 
@@ -113,7 +115,7 @@ def test_interrupted_evaluation_resumes_with_its_finished_sets(tmp_path, monkeyp
     path = tmp_path / "predictions.jsonl"
     monkeypatch.setattr(gen, "generate", stop_at_addsub)
     with pytest.raises(KeyboardInterrupt):
-        gen.evaluate(model, tok, evals, cfg, path)
+        gen.evaluate(model, tok, evals, answers, cfg, path)
     assert [json.loads(line)["dataset"] for line in path.read_text().splitlines()] == ["SVAMP"] * 3
 
     def counting(model, tok, prompts, *args, **kw):
@@ -121,13 +123,13 @@ def test_interrupted_evaluation_resumes_with_its_finished_sets(tmp_path, monkeyp
         return real(model, tok, prompts, *args, **kw)
 
     monkeypatch.setattr(gen, "generate", counting)
-    resumed = gen.evaluate(model, tok, evals, cfg, path)
+    resumed = gen.evaluate(model, tok, evals, answers, cfg, path)
     assert len(decoded) == 2 and all("Add 4" in p or "Multiply 2" in p for p in decoded)
     assert resumed["datasets"] == full["datasets"]
     assert path.read_text() == (tmp_path / "full.jsonl").read_text()
 
     decoded.clear()  # other decoding settings: nothing is reused
-    gen.evaluate(model, tok, evals, OmegaConf.merge(cfg, {"max_new_tokens": 4}), path)
+    gen.evaluate(model, tok, evals, answers, OmegaConf.merge(cfg, {"max_new_tokens": 4}), path)
     assert len(decoded) == 5
 
 

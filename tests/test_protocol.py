@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 import layerpeft.eval.generate as gen
-from layerpeft.eval.answers import extract, is_correct
+from layerpeft.eval.answers import AnswerSpec, extract, is_correct
 from layerpeft.eval.protocol import PROTOCOLS, resolve
 from layerpeft.models.tiny import byte_tokenizer
 
@@ -27,14 +27,19 @@ def test_each_protocol_builds_its_own_prompt():
     assert PROTOCOLS["strict"].prompt({"instruction": "Q?", "input": ""}) == TRAINING
 
 
+SPECS = {"GSM8K": AnswerSpec("number"), "SVAMP": AnswerSpec("number"), "AddSub": AnswerSpec("number"),
+         "AQuA": AnswerSpec("option"), "piqa": AnswerSpec("word", ("solution1", "solution2"))}
+
+
 def scored(protocol: str, set_name: str, continuation: str, gold: str, eos: bool = True):
     """(response, prediction, correct) of ``continuation`` decoded after the protocol's prompt."""
     tok = byte_tokenizer()
     p = PROTOCOLS[protocol]
     prompt_ids = tok(p.prompt({"instruction": "Q?"}))["input_ids"]
     new_ids = tok(continuation, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if eos else [])
-    response = p.response(tok, set_name, prompt_ids, new_ids)
-    return response, extract(set_name, response, protocol), is_correct(set_name, response, gold, protocol)
+    spec = SPECS[set_name]
+    response = p.response(tok, spec, prompt_ids, new_ids)
+    return response, extract(spec, response, protocol), is_correct(spec, response, gold, protocol)
 
 
 def test_parity_scores_an_invented_next_question_and_strict_cuts_it():
@@ -97,8 +102,8 @@ def test_evaluate_in_parity_mode_end_to_end(monkeypatch, tmp_path):
     model = torch.nn.Linear(1, 1)
     cfg = OmegaConf.create({"batch_size": 2, "max_new_tokens": None, "num_beams": None, "limit": None,
                             "mode": "parity"})
-    out = gen.evaluate(model, tok, {"SVAMP": [{"instruction": "Q?", "answer": "5"}]}, cfg, tmp_path / "p.jsonl",
-                       dataset_max_new_tokens=256)
+    out = gen.evaluate(model, tok, {"SVAMP": [{"instruction": "Q?", "answer": "5"}]}, {"SVAMP": AnswerSpec("number")},
+                       cfg, tmp_path / "p.jsonl", dataset_max_new_tokens=256)
     assert calls == [([EVALUATE_PY], 256, 4, False)]
     assert out["datasets"]["SVAMP"]["correct"] == 0  # the invented question's "1" is the last number
     assert (out["scoring"], out["num_beams"]) == ("parity", 4)

@@ -171,9 +171,16 @@ def test_above_chance_subtracts_what_the_runs_own_answers_score_shuffled(tmp_pat
 
 
 def test_every_committed_prediction_rescores_to_its_metrics():
-    """Each committed run's answers, scored again with is_correct under the run's own scoring mode,
-    give the per-set counts its metrics.json reports."""
-    from layerpeft.eval.answers import is_correct
+    """Each committed run's answers, scored again with is_correct under the run's own scoring mode
+    and the answer types today's dataset configs declare, give the per-set counts its
+    metrics.json reports."""
+    from layerpeft.config import compose
+    from layerpeft.eval.answers import AnswerSpec, is_correct
+
+    specs = {}
+    for dataset in ("math", "commonsense"):
+        for name, e in compose("train", [f"dataset={dataset}"]).dataset.evals.items():
+            specs[name] = AnswerSpec(e.answer_type, tuple(e.get("words") or ()))
 
     runs = [d for d in sorted((REPO / "results").iterdir()) if (d / "predictions.jsonl").is_file()]
     assert len(runs) >= 25
@@ -182,7 +189,7 @@ def test_every_committed_prediction_rescores_to_its_metrics():
         counts: dict[str, list[int]] = {}
         for line in (d / "predictions.jsonl").read_text().splitlines():
             x = json.loads(line)
-            ok = is_correct(x["dataset"], x["response"], x["gold"], mode=metrics.get("scoring", "strict"))
+            ok = is_correct(specs[x["dataset"]], x["response"], x["gold"], mode=metrics.get("scoring", "strict"))
             counts.setdefault(x["dataset"], []).append(int(ok))
         got = {k: (len(v), sum(v)) for k, v in counts.items()}
         assert got == {k: (m["n"], m["correct"]) for k, m in metrics["datasets"].items()}, d.name

@@ -67,7 +67,7 @@ def run(cfg: DictConfig) -> dict:
         metrics = {"model": model_cfg.name, "method": run_cfg.method.name if run_cfg is not None else "none",
                    "dataset": cfg.dataset.name, "run": cfg.run, "status": "ok",
                    "provenance": provenance(model_cfg, dev.device, dev.model_dtype)}
-        metrics.update(evaluate(model, tok, task.evals, cfg.eval, out_dir / PREDICTIONS, task.missing,
+        metrics.update(evaluate(model, tok, task.evals, task.answers, cfg.eval, out_dir / PREDICTIONS, task.missing,
                                 cfg.dataset.max_new_tokens))
         record = segment.record()
         metrics.update({"segments": [record], "wall_s": record["seconds"]})

@@ -99,7 +99,7 @@ def execute(cfg: DictConfig, run_dir: Path, plan, task, dev, changes: dict) -> d
             write_json(run_dir / METRICS, {**metrics, **timing(before, segment)})
         if cfg.eval.enabled:
             segment.did("evaluate")
-            metrics.update(evaluate(model, tok, task.evals, cfg.eval, run_dir / PREDICTIONS, task.missing,
+            metrics.update(evaluate(model, tok, task.evals, task.answers, cfg.eval, run_dir / PREDICTIONS, task.missing,
                                     cfg.dataset.max_new_tokens))
             tracker.log_eval(metrics)
         metrics["efficiency"]["inference_tokens_per_s"] = metrics.get("inference_tokens_per_s")

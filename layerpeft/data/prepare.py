@@ -15,7 +15,8 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from layerpeft.data.files import DataError, read_examples
+from layerpeft.data.files import DataError
+from layerpeft.data.sources import load_source
 
 REPO_RAW = "https://raw.githubusercontent.com/AGI-Edgerunners/LLM-Adapters/816657208af4db747803f87ba40a4c71383fed7a"
 MATH_TESTS = ["AQuA", "AddSub", "MultiArith", "SVAMP", "SingleEq", "gsm8k", "mawps", "mathqa"]
@@ -49,7 +50,7 @@ def prepare(dest: Path, source: Path | None) -> tuple[list[str], list[str]]:
                 except OSError as e:
                     missing.append(f"{local} ({e})")
                     continue
-            read_examples(target, need_answer=local.endswith("_test.json"))
+            load_source({"path": str(target)}, None, Path(staging), local.endswith("_test.json"), local)
             done.append(local)
         for local in done:  # every file checked: now they replace the old ones
             (dest / local).parent.mkdir(parents=True, exist_ok=True)

@@ -1,39 +1,29 @@
-"""Reading answers out of generated text and scoring them (DESIGN.md §4).
+"""Reading answers out of generated text and scoring them, by the answer type each evaluation set
+declares (its dataset config): ``number``, ``option``, ``word`` or ``exact``.
 
-``mode="parity"`` reproduces LLM-Adapters' evaluate scripts exactly; ``mode="strict"`` (the
-default) differs only where those rules misread answers: AQuA's reference takes the first
-capital A–E anywhere in the response, so "A man walks…" reads as option A; strict reads
-"answer is (X)" and otherwise the last parenthesised option.
+- ``number``: strip commas, the last number (``-?\\d+\\.?\\d*``) is the answer, right when within
+  1e-3 of the gold; no number is wrong (LLM-Adapters' math rule).
+- ``option``: a letter A–E. ``parity`` takes the first capital A–E anywhere in the response, as
+  LLM-Adapters' evaluate.py does (it reads "A man walks…" as option A); ``strict`` (default)
+  reads "answer is (X)", else the last parenthesised option.
+- ``word``: the first of a closed set of words (``words``: BoolQ's true/false, PIQA's
+  solution1/2, …), LLM-Adapters' commonsense rule; without ``words`` the set is the gold answers
+  the evaluation set uses.
+- ``exact``: normalised exact match (case, surrounding whitespace and punctuation, repeated
+  spaces ignored) of the text after the last "answer is", or of the whole response.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import string
+
+from layerpeft.data.answer_types import ANSWER_TYPES, AnswerSpec
 
 MODES = ("strict", "parity")
 _NUMBER = re.compile(r"-?\d+\.?\d*")
-# Commonsense tasks: the answer is the first of these words in the response.
-_WORDS = {
-    "boolq": r"true|false",
-    "piqa": r"solution1|solution2",
-    "social_i_qa": r"answer1|answer2|answer3|answer4|answer5",
-    "arc-challenge": r"answer1|answer2|answer3|answer4|answer5",
-    "arc-easy": r"answer1|answer2|answer3|answer4|answer5",
-    "openbookqa": r"answer1|answer2|answer3|answer4|answer5",
-    "hellaswag": r"ending1|ending2|ending3|ending4",
-    "winogrande": r"option1|option2",
-}
-_OPTION_SETS = ("aqua",)
-
-
-def answer_kind(dataset: str) -> str:
-    key = dataset.lower()
-    if key in _OPTION_SETS:
-        return "option"
-    if key in _WORDS:
-        return "word"
-    return "number"
+__all__ = ["ANSWER_TYPES", "AnswerSpec", "MODES", "extract", "is_correct"]
 
 
 def extract_number(response: str) -> float | None:
@@ -57,31 +47,44 @@ def extract_option(response: str, mode: str = "strict") -> str | None:
     return found[-1] if found else None
 
 
-def extract_word(dataset: str, response: str) -> str | None:
-    found = re.findall(_WORDS[dataset.lower()], response.strip())
+def extract_word(words: tuple[str, ...], response: str) -> str | None:
+    found = re.findall("|".join(map(re.escape, words)), response.strip()) if words else []
     return found[0] if found else None
 
 
-def extract(dataset: str, response: str, mode: str = "strict"):
-    kind = answer_kind(dataset)
-    if kind == "number":
+def normalise(text: str) -> str:
+    """Lower case, single spaces, no surrounding whitespace, punctuation or quotes."""
+    return " ".join(text.lower().split()).strip(string.punctuation + string.whitespace + "“”‘’")
+
+
+def extract_exact(response: str) -> str:
+    tail = re.split(r"answer is:?", response, flags=re.IGNORECASE)[-1]
+    return normalise(tail)
+
+
+def extract(spec: AnswerSpec, response: str, mode: str = "strict"):
+    if spec.type == "number":
         return extract_number(response)
-    if kind == "option":
+    if spec.type == "option":
         return extract_option(response, mode)
-    return extract_word(dataset, response)
+    if spec.type == "word":
+        return extract_word(spec.words, response)
+    return extract_exact(response)
 
 
-def is_correct(dataset: str, response: str, gold: str, mode: str = "strict") -> bool:
-    """Whether ``response`` answers ``gold`` for the evaluation set ``dataset``."""
+def is_correct(spec: AnswerSpec, response: str, gold: str, mode: str = "strict") -> bool:
+    """Whether ``response`` answers ``gold`` under ``spec``."""
     if mode not in MODES:
         raise ValueError(f"scoring mode {mode!r} is not one of {', '.join(MODES)}")
-    pred = extract(dataset, response, mode)
+    pred = extract(spec, response, mode)
     if pred is None:
         return False
-    if answer_kind(dataset) == "number":
+    if spec.type == "number":
         try:
             target = float(str(gold).replace(",", ""))
         except ValueError:
             return False
         return math.isfinite(pred) and abs(pred - target) <= 1e-3
+    if spec.type == "exact":
+        return pred == normalise(str(gold))
     return pred == str(gold).strip()

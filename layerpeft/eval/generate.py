@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from layerpeft.data.prompts import STOP_MARKERS
-from layerpeft.eval.answers import extract, is_correct
+from layerpeft.eval.answers import AnswerSpec, extract, is_correct
 from layerpeft.eval.batching import continuous_greedy
 from layerpeft.eval.protocol import resolve
 from layerpeft.provenance import device_name
@@ -105,9 +105,11 @@ def finished_sets(predictions_path: Path | None, decode: dict[str, Any]) -> dict
     return done
 
 
-def evaluate(model, tokenizer, evals: dict[str, list[dict[str, Any]]], eval_cfg, predictions_path: Path | None = None,
-             missing: dict[str, str] | None = None, dataset_max_new_tokens: int | None = None) -> dict[str, Any]:
-    """Score every evaluation set; writes one JSON line per example to ``predictions_path``.
+def evaluate(model, tokenizer, evals: dict[str, list[dict[str, Any]]], answers: dict[str, AnswerSpec], eval_cfg,
+             predictions_path: Path | None = None, missing: dict[str, str] | None = None,
+             dataset_max_new_tokens: int | None = None) -> dict[str, Any]:
+    """Score every evaluation set (``answers``: how each set's answers are read); writes one JSON
+    line per example to ``predictions_path``.
 
     The sets still to answer are decoded as one stream, set after set (prompts sorted by length
     within a set): rows freed by one set's last answers already take the next set's questions, so
@@ -131,10 +133,10 @@ def evaluate(model, tokenizer, evals: dict[str, list[dict[str, Any]]], eval_cfg,
         """Score a complete set and rewrite the predictions file with every complete set."""
         items, correct, lines[name] = sets[name], 0, []
         for i, (ex, resp) in enumerate(zip(items, responses[name])):
-            ok = is_correct(name, resp, ex["answer"], mode=protocol.name)
+            ok = is_correct(answers[name], resp, ex["answer"], mode=protocol.name)
             correct += ok
             lines[name].append({"dataset": name, "index": i, "instruction": ex["instruction"], "response": resp,
-                                "gold": ex["answer"], "pred": extract(name, resp, protocol.name), "correct": ok,
+                                "gold": ex["answer"], "pred": extract(answers[name], resp, protocol.name), "correct": ok,
                                 **decode})
         results[name] = {"n": len(items), "correct": correct, "accuracy": 100.0 * correct / len(items) if items else 0.0}
         if predictions_path is not None:
@@ -154,7 +156,7 @@ def evaluate(model, tokenizer, evals: dict[str, list[dict[str, Any]]], eval_cfg,
 
     def answered(k: int, prompt_ids: list[int], new_ids: list[int]) -> None:
         name, i = queue[k]
-        responses[name][i] = protocol.response(tokenizer, name, prompt_ids, new_ids)
+        responses[name][i] = protocol.response(tokenizer, answers[name], prompt_ids, new_ids)
         left[name] -= 1
         if not left[name]:
             finish(name)

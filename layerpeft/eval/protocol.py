@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from layerpeft.data.prompts import STOP_MARKERS, prompt_text
-from layerpeft.eval.answers import MODES, answer_kind
+from layerpeft.eval.answers import MODES, AnswerSpec
 
 RESPONSE = "### Response:"
 
@@ -61,12 +61,12 @@ class Protocol:
     def prompt(self, example: dict[str, Any]) -> str:
         return self._prompt(example)
 
-    def response(self, tokenizer, set_name: str, prompt_ids: list[int], new_ids: list[int]) -> str:
+    def response(self, tokenizer, answer: AnswerSpec, prompt_ids: list[int], new_ids: list[int]) -> str:
         """The scored text of one answer (``new_ids``: the continuation, EOS included if emitted)."""
         if self.name == "strict":
             return cut_at_markers(tokenizer.decode(new_ids, skip_special_tokens=True))
-        # evaluate.py decodes with special tokens, commonsense_evaluate.py without them
-        skip = answer_kind(set_name) == "word"
+        # evaluate.py (math) decodes with special tokens, commonsense_evaluate.py (words) without
+        skip = answer.type == "word"
         return parity_cut(tokenizer.decode(list(prompt_ids) + list(new_ids), skip_special_tokens=skip))
 
 
