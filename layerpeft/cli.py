@@ -22,12 +22,14 @@ from layerpeft.sweep import FAILED
 from layerpeft.train.loop import TrainingDiverged
 
 HYDRA_COMMANDS = ("train", "eval", "plan")
-USAGE = """usage: layerpeft {train,eval,plan,report,prepare-data} [args...]
+USAGE = """usage: layerpeft {train,eval,plan,report,export,lm-eval,prepare-data} [args...]
 
   train   train (and evaluate) a PEFT method:   layerpeft train method=hlpt model=llama7b
   eval    zero-shot evaluation of a run or a base model
   plan    show a layer plan and its parameter counts (no weights needed)
   report  tables from run or sweep directories:  layerpeft report outputs/multirun/...
+  export  a run as a merged model or a peft adapter:  layerpeft export RUN --merged OUT | --peft OUT
+  lm-eval lm-evaluation-harness with runs as models:  layerpeft lm-eval --model layerpeft --model_args run=RUN --tasks T
   prepare-data  fill data/ with the benchmark files:  layerpeft prepare-data [--from ../shared/data]
 """
 
@@ -83,6 +85,18 @@ def main(argv: list[str] | None = None) -> None:
         from layerpeft.commands.report import main as report_main
 
         sys.exit(report_main(rest))
+    elif command == "lm-eval":
+        try:
+            from layerpeft.integrations.lm_eval import cli as lm_eval_cli
+        except ImportError as e:
+            print(f"layerpeft lm-eval: error: lm-evaluation-harness is not installed ({e}); "
+                  "pip install -e '.[lmeval]'", file=sys.stderr)
+            sys.exit(2)
+        sys.exit(lm_eval_cli(rest))
+    elif command == "export":
+        from layerpeft.commands.export import main as export_main
+
+        sys.exit(export_main(rest))
     elif command == "prepare-data":
         from layerpeft.data.prepare import main as prepare_main
 

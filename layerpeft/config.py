@@ -7,9 +7,11 @@ from typing import Iterable
 
 from hydra import compose as _compose
 from hydra import initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+# ``${basename:…}``: a model named by its directory or hub id (``model=hf``), for run directory names
+OmegaConf.register_new_resolver("basename", lambda p: Path(str(p).rstrip("/")).name, replace=True)
 
 
 def compose(config_name: str = "train", overrides: Iterable[str] = ()) -> DictConfig:

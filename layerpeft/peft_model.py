@@ -124,11 +124,20 @@ class AdapterSet(nn.Module):
     def shared_params(self) -> int:
         return sum(p.numel() for p in self.shared.parameters())
 
-    def merge(self) -> None:
-        """Fold mergeable modules into the base weights (inference without hook overhead)."""
+    def merge_refusals(self) -> list[str]:
+        """Why the plan cannot be folded into the base weights, one line per module kind."""
+        reasons = {}
         for m in self.adapter_modules():
-            if not hasattr(m, "merge"):
-                raise ValueError(f"module {m.kind!r} (layer {m.layer_idx}) cannot be merged into the base weights")
+            reason = m.merge_refusal()
+            if reason is not None:
+                reasons.setdefault(m.kind, f"{m.kind} (layers {m.layer_idx}…): {reason}")
+        return list(reasons.values())
+
+    def merge(self) -> None:
+        """Fold every module into the base weights (inference without hook overhead)."""
+        refused = self.merge_refusals()
+        if refused:
+            raise ValueError("the plan cannot be merged into the base weights: " + "; ".join(refused))
         for m in self.adapter_modules():
             m.merge()
 

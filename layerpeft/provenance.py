@@ -100,6 +100,8 @@ def base_weights(model_cfg: Any, dtype: torch.dtype) -> dict[str, Any]:
                     "note": f"dequantised from the {quant.group(1) if quant else 'quantised'} GGUF weights"})
     elif source == "hub":
         out["id"] = model_cfg.get("hub_id")
+    elif source == "hf":
+        out.update({"id": model_cfg.get("name_or_path"), "revision": model_cfg.get("revision")})
     elif source == "tiny":
         out["seed"] = model_cfg.get("seed")
     return out

@@ -332,13 +332,13 @@ def pipeline_worker(args) -> dict:
         seconds = time.perf_counter() - t0
         answers = [cut_at_markers(tok.decode(new, skip_special_tokens=True)) for _, new in rows]
     else:
-        from layerpeft.export import export_peft_lora
+        from layerpeft.export import export_peft
         from peft import PeftModel
 
         with tempfile.TemporaryDirectory() as peft_dir:
             fresh, _ = load_model(cfg.model, dtype=dev.model_dtype)
             load_adapter(fresh, out)
-            export_peft_lora(fresh, Path(peft_dir), cfg.model.name)
+            export_peft(fresh, Path(peft_dir), None)
             model = PeftModel.from_pretrained(model, peft_dir).eval()
         tok.padding_side = "left"
         order = list(range(len(prompts)))  # sorted by length, as a careful user would batch

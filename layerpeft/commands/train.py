@@ -27,7 +27,7 @@ from layerpeft.commands.plan import plan_for
 from layerpeft.data.tasks import load_task
 from layerpeft.errors import UserError
 from layerpeft.eval.generate import evaluate
-from layerpeft.export import export_peft_lora, peft_compatible
+from layerpeft.export import base_location, export_peft, peft_refusal
 from layerpeft.models.loading import load_model
 from layerpeft.peft_model import apply_plan, get_adapters, load_adapter, save_adapter
 from layerpeft.plan import PlanError
@@ -136,8 +136,8 @@ def train_and_save(cfg: DictConfig, plan, task, model, tok, dev, tracker, run_di
             metrics["train"]["ist"] = {k: v for k, v in ist.items() if k not in ("trajectory", "selections")}
         get_adapters(model).fold()
         save_adapter(model, run_dir / ADAPTER_DIR)
-        if peft_compatible(model):
-            export_peft_lora(model, run_dir / ADAPTER_DIR / "peft", cfg.model.get("hub_id") or cfg.model.name)
+        if peft_refusal(model) is None:  # peft's layout too, beside ours (PeftModel.from_pretrained)
+            export_peft(model, run_dir / ADAPTER_DIR / "peft", base_location(cfg.model))
     metrics["efficiency"] = efficiency(metrics, adapters, initial, run_dir)
     return metrics
 

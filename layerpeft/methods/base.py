@@ -128,6 +128,10 @@ class AdapterModule(nn.Module):
     def attach(self, layer: nn.Module) -> list[RemovableHandle]:
         raise NotImplementedError
 
+    def merge_refusal(self) -> str | None:
+        """Why this module cannot be folded into the base weights (None when ``merge`` can)."""
+        return f"{self.kind} computes a function of its input that no base weight can hold"
+
     def select_sequences(self, index: torch.Tensor) -> None:
         """Keep only the batch rows ``index`` of the per-sequence state (none by default)."""
 

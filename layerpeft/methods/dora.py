@@ -61,6 +61,9 @@ class DoRA(LoRA):
         object.__setattr__(self, "_layer", layer)
         return handles
 
+    def merge_refusal(self) -> str | None:
+        return None
+
     @torch.no_grad()
     def merge(self) -> None:
         """Replace W by m ⊙ (W + sBA)/‖W + sBA‖; the original is kept to unmerge."""

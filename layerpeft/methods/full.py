@@ -69,6 +69,15 @@ class FullLayer(AdapterModule):
         if value != 1.0:
             raise ValueError("full fine-tuning changes the base weights in place; it has no response scale")
 
+    def merge_refusal(self) -> str | None:
+        return None  # it trained the weights themselves
+
+    def merge(self) -> None:
+        pass
+
+    def unmerge(self) -> None:
+        pass
+
     def attach(self, layer):
         params = list(layer.parameters())
         object.__setattr__(self, "base", params)  # the layer's own weights, not registered twice

@@ -34,9 +34,37 @@ class IA3(AdapterModule):
             d_in, d_out = linear_shape(dims, role)
             # k, v scale the projection's output; down scales its input (the FFN activation).
             self.scales[role] = nn.Parameter(torch.ones(d_in if role == "down" else d_out))
+        self.merged = False
+        self._originals: dict[str, torch.Tensor] = {}
 
     def _vector(self, role: str) -> torch.Tensor:
         return 1.0 + self.response_scale * (self.scales[role] - 1.0)
+
+    def merge_refusal(self) -> str | None:
+        return None
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Scale the weights: k, v rows by their vectors (outputs), down's columns (its input)."""
+        if self.merged:
+            return
+        for role in self.scales:
+            mod = self.target(self._layer, role)
+            self._originals[role] = mod.weight.detach().clone()
+            vec = self._vector(role).to(mod.weight.dtype)
+            mod.weight.mul_(vec[None, :] if role == "down" else vec[:, None])
+            if role != "down" and mod.bias is not None:
+                self._originals[f"{role}.bias"] = mod.bias.detach().clone()
+                mod.bias.mul_(vec)
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            for key, original in self._originals.items():
+                role, _, part = key.partition(".")
+                getattr(self.target(self._layer, role), part or "weight").copy_(original)
+            self._originals, self.merged = {}, False
 
     def attach(self, layer):
         handles = []
@@ -44,13 +72,16 @@ class IA3(AdapterModule):
             mod = self.target(layer, role)
             if role == "down":
                 def pre(_mod, args, role=role):
+                    if self.merged:
+                        return None
                     x = args[0]
                     return (x * self._vector(role).to(x.dtype),) + tuple(args[1:])
 
                 handles.append(mod.register_forward_pre_hook(pre))
             else:
                 def post(_mod, _args, out, role=role):
-                    return out * self._vector(role).to(out.dtype)
+                    return out if self.merged else out * self._vector(role).to(out.dtype)
 
                 handles.append(mod.register_forward_hook(post))
+        object.__setattr__(self, "_layer", layer)
         return handles

@@ -71,6 +71,33 @@ class LoRA(AdapterModule):
             if self.gates is not None:
                 self.gates[role] = nn.Linear(d_in, 1)  # Kaiming-uniform by default
         self.dropout = nn.Dropout(options["dropout"])
+        self.merged = False
+
+    def merge_refusal(self) -> str | None:
+        if self.gates is not None:
+            return f"{self.kind} is gated: the gate scales the update by a function of each token"
+        return None
+
+    def _delta_weight(self, role: str) -> torch.Tensor:
+        """``s · B A`` (response scale included), the update as a weight (out × in)."""
+        return (self.scale * self.response_scale) * (self.B[role] @ self.A[role])
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Add the update to the target weights; the hooks then pass outputs through."""
+        if not self.merged:
+            for role in self.targets:
+                w = self.target(self._layer, role).weight
+                w += self._delta_weight(role).to(w.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            for role in self.targets:
+                w = self.target(self._layer, role).weight
+                w -= self._delta_weight(role).to(w.dtype)
+            self.merged = False
 
     def delta(self, role: str, x: torch.Tensor) -> torch.Tensor:
         a, b = self.A[role], self.B[role]
@@ -84,11 +111,12 @@ class LoRA(AdapterModule):
         handles = []
         for role in self.targets:
             def hook(_mod, args, out, role=role):
-                if self.response_scale == 0.0:
+                if self.merged or self.response_scale == 0.0:
                     return out
                 return out + self.delta(role, args[0]).to(out.dtype)
 
             handles.append(self.target(layer, role).register_forward_hook(hook))
+        object.__setattr__(self, "_layer", layer)
         return handles
 
 

@@ -54,6 +54,9 @@ class PARA(AdapterModule):
         self._vectors: dict[str, torch.Tensor] | None = None  # (B, size): the prompt's, for decoding
         self._current: dict[str, torch.Tensor] | None = None  # (B, T or 1, size): this forward's
 
+    def merge_refusal(self) -> str | None:
+        return "PARA's vectors depend on each prompt"
+
     def _generate(self, _mod, args, kwargs):
         h = kwargs.get("hidden_states", args[0] if args else None)
         if self.ctx.decoding:

@@ -103,6 +103,9 @@ class Prefix(ExtendsAttention, AdapterModule):
         self.key, self.value = nn.Parameter(k.clone()), nn.Parameter(v.clone())
         self.options = {**self.options, "reparam": False}
 
+    def merge_refusal(self) -> str | None:
+        return "a prefix adds key/value columns to attention, not a weight"
+
     # --- gate -------------------------------------------------------------------------
     def _update_gate(self, _mod, args, kwargs):
         h = kwargs.get("hidden_states", args[0] if args else None)

@@ -97,6 +97,9 @@ class PromptTuning(ExtendsAttention, AdapterModule):
         object.__setattr__(self, "soft", shared)  # owned by AdapterSet.shared
         self._kv: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    def merge_refusal(self) -> str | None:
+        return "a soft prompt is extra input, not a weight"
+
     def extend(self, query, key, value, mask):
         if self.soft.capturing:
             self._kv = (key, value)

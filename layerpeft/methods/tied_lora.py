@@ -144,6 +144,9 @@ class TiedLoRA(AdapterModule):
         object.__setattr__(self, "_layer", layer)
         return handles
 
+    def merge_refusal(self) -> str | None:
+        return None
+
     @torch.no_grad()
     def merge(self) -> None:
         """Add the update to the base q/k/v weights; the hooks then pass outputs through."""

@@ -7,10 +7,12 @@ Sources:
   GGUF-loaded model as quantized even though it dequantizes the weights, and then refuses to
   train it, so the first load converts it once to a plain safetensors checkpoint in the cache
   directory; later loads read that (also much faster).
-- ``hub``: ``from_pretrained(hub_id)`` (needs internet or a populated HF cache).
-
-Every config also carries ``arch`` — the numbers of the architecture — so ``meta_model``
-builds it on the meta device with no weights and no internet (``layerpeft plan``).
+- ``hub``: ``from_pretrained(hub_id)`` (needs internet or a populated HF cache); the paper
+  models, whose configs also carry ``arch`` — the numbers of the architecture — so ``meta_model``
+  builds them on the meta device with no weights and no internet (``layerpeft plan``).
+- ``hf``: any Hugging Face causal LM, ``model=hf model.name_or_path=ORG/NAME`` or a local
+  directory: the architecture comes from its ``config.json`` (``AutoConfig``, a small file), so
+  plans and their checks still run before any weights load.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
+from layerpeft.errors import UserError
 from layerpeft.models.tiny import byte_tokenizer
 
 log = logging.getLogger(__name__)
-SOURCES = ("tiny", "gguf", "hub")
+SOURCES = ("tiny", "gguf", "hub", "hf")
 
 
 def _plain(cfg: Any) -> dict:
@@ -36,8 +39,16 @@ def _plain(cfg: Any) -> dict:
 
 
 def arch_config(model_cfg: Any) -> PretrainedConfig:
-    """The transformers config described by ``model.arch`` (no download)."""
+    """The transformers config described by ``model.arch`` (no download), or for ``source: hf``
+    the model's own config.json (a local directory, the HF cache, or the hub)."""
     m = _plain(model_cfg)
+    if m.get("source") == "hf":
+        try:
+            return AutoConfig.from_pretrained(m["name_or_path"], revision=m.get("revision"))
+        except OSError as e:
+            raise UserError(f"model.name_or_path={m['name_or_path']}: no model config found (not a local directory "
+                            f"with config.json, not in the Hugging Face cache, and the hub did not answer: "
+                            f"{str(e).splitlines()[0]})") from None
     arch = dict(m.get("arch") or {})
     model_type = arch.pop("model_type", None)
     if model_type is None:
@@ -98,9 +109,10 @@ def load_model(model_cfg: Any, dtype: torch.dtype = torch.float32, device: str |
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         tokenizer = byte_tokenizer()
     else:
-        path = _gguf_checkpoint(m) if source == "gguf" else m["hub_id"]
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+        path = {"gguf": lambda: _gguf_checkpoint(m), "hub": lambda: m["hub_id"], "hf": lambda: m["name_or_path"]}[source]()
+        revision = m.get("revision")
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa", revision=revision)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"

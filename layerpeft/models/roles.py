@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from layerpeft.errors import UserError
+
 ROLES = ("attention", "attn_input_norm", "ffn_input_norm", "q", "k", "v", "o", "mlp", "up", "gate", "down")
 
 
@@ -74,19 +76,56 @@ MODEL_TYPES = {
     "llama": "llama",
     "mistral": "llama",
     "qwen2": "llama",
+    "qwen3": "llama",
     "gemma": "llama",
     "gemma2": "llama",
     "gptj": "gptj",
 }
 
 
+class UnsupportedModel(UserError):
+    """A model whose layers do not have the module roles the methods address."""
+
+
 def family_of(config) -> Family:
+    """The role map of ``config``'s architecture: by its ``model_type`` when known, else the family
+    whose every module path exists in the model's first layer (checked on the meta device); an
+    architecture matching none is refused, naming the roles it lacks."""
     model_type = getattr(config, "model_type", None)
-    if model_type not in MODEL_TYPES:
-        raise ValueError(
-            f"model_type {model_type!r} has no role map; supported: {', '.join(sorted(MODEL_TYPES))}"
-        )
-    return FAMILIES[MODEL_TYPES[model_type]]
+    if model_type in MODEL_TYPES:
+        return FAMILIES[MODEL_TYPES[model_type]]
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception as e:  # not a causal LM transformers can build
+        raise UnsupportedModel(f"model_type {model_type!r}: not a causal LM transformers can build ({e})") from None
+    best, best_missing = None, None
+    for family in FAMILIES.values():
+        try:
+            layer = model.get_submodule(family.layers)[0]
+        except (AttributeError, IndexError, TypeError):  # not even its layer list: the worst match
+            missing = [f"layers ({family.layers})", *(r for r, path in family.paths.items() if path is not None)]
+        else:
+            missing = [r for r, path in family.paths.items() if path is not None and not _has(layer, path)]
+        if not missing:
+            return family
+        if best_missing is None or len(missing) < len(best_missing):
+            best, best_missing = family, missing
+    raise UnsupportedModel(
+        f"model_type {model_type!r} is not supported: its layers lack the {best.name}-family module roles "
+        f"{', '.join(best_missing)}; supported: {', '.join(sorted(MODEL_TYPES))} and architectures with their layout"
+    )
+
+
+def _has(module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+        return True
+    except AttributeError:
+        return False
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,84 @@
+"""Any Hugging Face causal LM (`model=hf model.name_or_path=…`): plans from its config.json before
+any weights load, the same counts as the built-in configs, refused architectures named."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import AutoConfig
+
+from layerpeft.config import compose
+from layerpeft.models.loading import load_model
+
+EXE = str(Path(sys.executable).with_name("layerpeft"))
+
+
+def plan_json(*overrides: str) -> dict:
+    p = subprocess.run([EXE, "plan", *overrides], capture_output=True, text=True, timeout=300,
+                       env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """The tiny model and its tokenizer saved as a standard model directory, without a pad token."""
+    d = tmp_path_factory.mktemp("tiny_hf")
+    model, tok = load_model(compose("train", ["model=tiny"]).model)
+    tok.pad_token = None
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+@pytest.mark.parametrize("method", ["hlpt", "lora", "para", "h2lpt"])
+def test_plan_of_a_saved_directory_equals_the_built_in_config(tiny_dir, method):
+    extra = ["+layer_ratio.parts=[1,2,1]"] if method == "h2lpt" else []
+    ours = plan_json("model=hf", f"model.name_or_path={tiny_dir}", f"method={method}", *extra)
+    builtin = plan_json("model=tiny", f"method={method}", *extra)
+    for key in ("trainable_params", "total_params", "layers", "layer_params"):
+        assert ours[key] == builtin[key], key
+    assert ours["model"] == tiny_dir.name  # named by its directory
+
+
+def test_a_saved_directory_trains_and_its_pad_less_tokenizer_pads_with_eos(tiny_dir, tmp_path):
+    model, tok = load_model(compose("train", ["model=hf", f"model.name_or_path={tiny_dir}"]).model)
+    assert tok.pad_token_id == tok.eos_token_id
+    run = tmp_path / "run"
+    p = subprocess.run([EXE, "train", "model=hf", f"model.name_or_path={tiny_dir}", "method=lora",
+                        "dataset=synthetic_math", "logger=none", "train.max_steps=1", "eval.limit=2",
+                        "eval.max_new_tokens=4", f"hydra.run.dir={run}"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    prov = json.loads((run / "metrics.json").read_text())["provenance"]["base_weights"]
+    assert prov["source"] == "hf" and prov["id"] == str(tiny_dir)
+
+
+@pytest.mark.slow
+def test_plan_of_a_saved_smollm2_equals_the_built_in_config():
+    from layerpeft.models.loading import _gguf_checkpoint
+
+    saved = _gguf_checkpoint(dict(compose("train", ["model=smollm2_135m"]).model))  # a save_pretrained directory
+    ours = plan_json("model=hf", f"model.name_or_path={saved}", "method=hlpt")
+    builtin = plan_json("model=smollm2_135m", "method=hlpt")
+    assert (ours["trainable_params"], ours["total_params"]) == (builtin["trainable_params"], builtin["total_params"])
+
+
+def test_an_architecture_without_the_roles_is_refused_by_name(tmp_path):
+    # Phi-3 fuses q, k, v into one projection and gate, up into another
+    AutoConfig.for_model("phi3", vocab_size=32064, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2).save_pretrained(tmp_path)
+    p = subprocess.run([EXE, "plan", "model=hf", f"model.name_or_path={tmp_path}", "method=lora"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2
+    assert "model_type 'phi3' is not supported: its layers lack the llama-family module roles q, k, v, up, gate" \
+        in p.stderr
+
+
+def test_a_missing_model_is_one_line(tmp_path):
+    p = subprocess.run([EXE, "plan", "model=hf", f"model.name_or_path={tmp_path / 'nothing'}"],
+                       capture_output=True, text=True, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert p.returncode == 2 and "no model config found" in p.stderr and "Traceback" not in p.stderr
