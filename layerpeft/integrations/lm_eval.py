@@ -32,12 +32,14 @@ from layerpeft.rundir import load_run
 @register_model("layerpeft")
 class LayerpeftLM(LM):
     def __init__(self, run: str, batch_size: int | str = 16, max_length: int = 2048, max_gen_toks: int = 256,
-                 device: str = "cpu", **_unused):
+                 device: str | None = None, **_unused):
         super().__init__()
+        if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
+            device = "cuda" if torch.cuda.is_available() else "cpu"  # lm-eval's default asks for cuda
         self.model, self.tokenizer = load_run(run, device=device)
         self.batch_size = int(batch_size) if str(batch_size) != "auto" else 16
         self.max_length, self.max_gen_toks = int(max_length), int(max_gen_toks)
-        self.device = torch.device(device)
+        self._device = torch.device(device)
 
     # --- encoding -----------------------------------------------------------------------
     def _encode(self, text: str) -> list[int]:
