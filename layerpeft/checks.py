@@ -61,6 +61,8 @@ def _get(cfg, key: str) -> Any:
 
 def check_device(cfg) -> None:
     choice(cfg, "train.device", DEVICES)
+    if cfg.train.get("allow_cpu") is not None:
+        choice(cfg, "train.allow_cpu", (True, False))
     choice(cfg, "train.precision", PRECISIONS)
     if cfg.train.device == "cuda" and not torch.cuda.is_available():
         raise UserError("train.device='cuda': no CUDA device is available here (use auto or cpu)")

@@ -63,18 +63,41 @@ def _run_hydra(command: str, argv: list[str]) -> None:
     def task(cfg: DictConfig) -> None:
         try:
             return module.run(cfg)
-        except (PlanError, DataError, TrainingDiverged, UserError, FileNotFoundError) as e:
-            print(f"layerpeft {command}: error: {e}", file=sys.stderr)
+        except (PlanError, DataError, TrainingDiverged, UserError, OSError) as e:
+            # OSError: a missing file, or a model the hub did not deliver (no network, no such id)
+            for line in str(e).splitlines()[:1] if isinstance(e, OSError) else str(e).splitlines():
+                print(f"layerpeft {command}: error: {line}", file=sys.stderr)
             sys.exit(2)
 
-    sys.argv = [f"layerpeft {command}", *argv]
+    # "layerpeft" as the program name: shell completion registers itself for it and calls it back
+    # as `layerpeft -sc query=bash` (``_complete``).
+    sys.argv = ["layerpeft", *argv]
     task()
     if FAILED:  # a sweep's summary has been printed: its exit code says that jobs failed
         sys.exit(1)
 
 
+COMMANDS = ("train", "eval", "plan", "report", "export", "lm-eval", "prepare-data")
+
+
+def _complete(argv: list[str]) -> None:
+    """Shell completion's query (``layerpeft -sc query=bash``, the command line in $COMP_LINE):
+    the commands, or the Hydra command's own completion of the line without the command word."""
+    import os
+
+    words = os.environ.get("COMP_LINE", "").split()
+    if len(words) >= 2 and words[1] in HYDRA_COMMANDS and (len(words) > 2 or os.environ["COMP_LINE"].endswith(" ")):
+        os.environ["COMP_LINE"] = " ".join([words[0], *words[2:]]) + (" " if os.environ["COMP_LINE"].endswith(" ") else "")
+        _run_hydra(words[1], argv)
+    else:
+        print(" ".join(COMMANDS))
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-sc"], ["--shell-completion"]) and any(a.startswith("query=") for a in argv):
+        _complete(argv)
+        return
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         sys.exit(0 if argv else 2)

@@ -5,11 +5,12 @@ bottom/[middle]/top for hybrids) and an optional layer ratio, validated against 
 count only — no weights — so ``layerpeft plan`` and every error about a bad ratio, an
 unknown module or a bad option happen before anything loads.
 
-Ratio rule (DESIGN.md §2): parts that add up to the model's depth are layer counts;
+Ratio rule (docs/design.md): parts that add up to the model's depth are layer counts;
 otherwise they are proportions, floored, with left-over layers going to the largest
 fractional remainders (ties to the lower segment). ``24:8`` on 30 layers gives 23:7.
 A ratio may also name modules explicitly (``lora_ffn:6,none:24,prefix:2``), which replaces
-the method's slots. A slot may hold several kinds in the same layers: ``prefix+parallel``.
+the method's slots, or name a layout of ``conf/layouts.yaml`` (``layers25pct``). A slot may
+hold several kinds in the same layers: ``prefix+parallel``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -102,13 +104,25 @@ def ratio_text(spec: Any) -> str:
     return str(spec)
 
 
+def named_layouts() -> dict[str, list]:
+    """``conf/layouts.yaml``: layouts the papers name (``layer_ratio=layers25pct``)."""
+    import yaml
+
+    from layerpeft.config import CONF_DIR
+
+    return yaml.safe_load((Path(CONF_DIR) / "layouts.yaml").read_text())
+
+
 def parse_parts(spec: Any) -> list[tuple[str | None, int]]:
     """Parse a ratio spec into ``(module or None, size)`` parts.
 
     Accepts ``"5:27"``, ``"3:4:1"``, ``"lora_ffn:6,none:24,prefix:2"``, a list of those
-    items, or a mapping with a ``parts`` list (the ``layer_ratio/`` config files).
+    items, a layout name of ``conf/layouts.yaml``, or a mapping with a ``parts`` list (the
+    form run configs stored before ratios became plain values).
     """
     spec = _plain(spec)
+    if isinstance(spec, str) and spec.strip() in (layouts := named_layouts()):
+        spec = layouts[spec.strip()]
     if isinstance(spec, dict):
         if "parts" not in spec:
             raise PlanError(f"layer_ratio {spec!r} has no 'parts' list")

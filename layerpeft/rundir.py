@@ -43,18 +43,20 @@ def holds_run(run_dir: Path) -> bool:
 
 
 def discard_hydra_only(run_dir: Path) -> None:
-    """Remove a run directory that holds nothing but Hydra's files: a run refused before it
-    wrote anything leaves nothing behind."""
+    """Remove a run directory that holds nothing but Hydra's files, and the date and ``outputs``
+    directories above it if that leaves them empty: a run refused before it wrote anything
+    leaves nothing behind."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or holds_run(run_dir):
         return
     for name in HYDRA_FILES + (LOCK,):
         p = run_dir / name
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    try:
-        run_dir.rmdir()
-    except OSError:
-        pass  # something else appeared meanwhile: keep it
+    for d in (run_dir, run_dir.parent, run_dir.parent.parent)[: 3 if run_dir.parent.parent.name == "outputs" else 1]:
+        try:
+            d.rmdir()  # only if empty: something else there is kept
+        except OSError:
+            break
 
 
 class RunLock:

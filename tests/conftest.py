@@ -25,7 +25,7 @@ METHOD_CASES = {
     "hlpt_nogate": ["method=hlpt", "method.gate=false"],
     "hlpt_attn": ["method=hlpt", "method.bottom=lora_attn"],
     # 3:4:1 leaves no layer for the prefix on 4 layers: give the counts explicitly.
-    "h2lpt": ["+layer_ratio.parts=[1,2,1]"],
+    "h2lpt": ["layer_ratio=[1,2,1]"],
     "para": [],
     "tied_lora": [],  # preset tied_ab_uv
     "tied_lora_lora": ["method=tied_lora", "method.preset=lora"],

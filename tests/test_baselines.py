@@ -74,7 +74,7 @@ def test_ist_refuses_what_is_not_a_per_layer_module(case):
     # minus embeddings and LM head (32000 × 4096 each) and the final norm (4096)
     (["method=full", "method.options.full.non_layer=false"], 6_738_415_616 - 2 * 32000 * 4096 - 4096),
     # the top 8 layers only: 8 × (4 × 4096² + 3 × 4096 × 11008 + 2 × 4096)
-    (["method=full", "method.options.full.non_layer=false", "+layer_ratio.parts=[none:24,full:8]"],
+    (["method=full", "method.options.full.non_layer=false", "layer_ratio=[none:24,full:8]"],
      8 * (4 * 4096**2 + 3 * 4096 * 11008 + 2 * 4096)),
 ])
 def test_llama7b_counts(overrides, expected):

@@ -39,7 +39,7 @@ def test_plan_middle_layers_are_empty():
     "args,message",
     [
         (["method=hlpt", "layer_ratio=3:4:1"], "layer_ratio '3:4:1' has 3 segments but method 'hlpt' takes 2"),
-        (["method=hlpt", "+layer_ratio.parts=[3,-1]"], "part -1 in '3:-1' is not a positive integer"),
+        (["method=hlpt", "layer_ratio=[3,-1]"], "part -1 in '3:-1' is not a positive integer"),
         (["method=hlpt", "method.bottom=lorra"], "unknown module 'lorra'"),
         (["method=nope"], "Could not find 'method/nope'"),
     ],

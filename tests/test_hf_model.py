@@ -37,7 +37,7 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("method", ["hlpt", "lora", "para", "h2lpt"])
 def test_plan_of_a_saved_directory_equals_the_built_in_config(tiny_dir, method):
-    extra = ["+layer_ratio.parts=[1,2,1]"] if method == "h2lpt" else []
+    extra = ["layer_ratio=[1,2,1]"] if method == "h2lpt" else []
     ours = plan_json("model=hf", f"model.name_or_path={tiny_dir}", f"method={method}", *extra)
     builtin = plan_json("model=tiny", f"method={method}", *extra)
     for key in ("trainable_params", "total_params", "layers", "layer_params"):

@@ -27,7 +27,7 @@ def test_table1_counts_on_llama2_7b(preset, params):
 
 
 def test_ties_only_across_the_planned_layers():
-    s = plan_summary(compose("plan", ["model=llama2_7b", "method=tied_lora", "+layer_ratio.parts=[tied_lora:8,none:24]"]))
+    s = plan_summary(compose("plan", ["model=llama2_7b", "method=tied_lora", "layer_ratio=[tied_lora:8,none:24]"]))
     assert s["trainable_params"] == 4 * 4096 * 8 + 8 * (8 + 3 * 4096)
 
 

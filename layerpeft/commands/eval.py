@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -15,11 +16,15 @@ from layerpeft.eval.generate import evaluate
 from layerpeft.models.loading import load_model, meta_model
 from layerpeft.peft_model import check_adapter, load_adapter
 from layerpeft.plan import PlanError
+from layerpeft.preflight import preflight
 from layerpeft.provenance import Segment, provenance
 from layerpeft.report.tables import accuracy_table
 from layerpeft.rundir import (ADAPTER_DIR, CONFIG, METRICS, PREDICTIONS, RunLock, discard_hydra_only,
                               load_stored_config, write_json)
+from layerpeft.tracking import make_tracker
 from layerpeft.train.loop import pick_device
+
+log = logging.getLogger(__name__)
 
 
 def prepare(cfg: DictConfig):
@@ -46,7 +51,12 @@ def prepare(cfg: DictConfig):
             cfg.eval.max_new_tokens = dataset.max_new_tokens
     check_eval(cfg)
     check_device(cfg)
-    return run_cfg, load_task(dataset, cfg.data), pick_device(cfg.train)
+    task, dev = load_task(dataset, cfg.data), pick_device(cfg.train)
+    problems = preflight(run_cfg.model if run_cfg is not None else cfg.model, None, dev.model_dtype, dev.device,
+                         training=False)
+    if problems:
+        raise UserError("\n".join(problems))
+    return run_cfg, task, dev
 
 
 def run(cfg: DictConfig) -> dict:
@@ -67,11 +77,18 @@ def run(cfg: DictConfig) -> dict:
         metrics = {"model": model_cfg.name, "method": run_cfg.method.name if run_cfg is not None else "none",
                    "dataset": cfg.dataset.name, "run": cfg.run, "status": "ok",
                    "provenance": provenance(model_cfg, dev.device, dev.model_dtype)}
-        metrics.update(evaluate(model, tok, task.evals, task.answers, cfg.eval, out_dir / PREDICTIONS, task.missing,
-                                cfg.dataset.max_new_tokens))
-        record = segment.record()
-        metrics.update({"segments": [record], "wall_s": record["seconds"]})
-        write_json(out_dir / METRICS, metrics)
-    print(accuracy_table([(out_dir.name, metrics)]))
-    print(f"eval directory: {out_dir}")
+        tracker = make_tracker(cfg, out_dir)
+        failed = True
+        try:
+            metrics.update(evaluate(model, tok, task.evals, task.answers, cfg.eval, out_dir / PREDICTIONS,
+                                    task.missing, cfg.dataset.max_new_tokens))
+            record = segment.record()
+            metrics.update({"segments": [record], "wall_s": record["seconds"]})
+            write_json(out_dir / METRICS, metrics)
+            tracker.log_eval(metrics, out_dir / PREDICTIONS)
+            failed = False
+        finally:
+            tracker.finish(failed=failed)
+    log.info(accuracy_table([(out_dir.name, metrics)]))
+    log.info(f"eval directory: {out_dir}")
     return metrics

@@ -15,6 +15,7 @@ non-finite ends ``status: diverged``, with no adapter and a non-zero exit code.
 
 from __future__ import annotations
 
+import logging
 import traceback
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from layerpeft.checks import check_train
 from layerpeft.commands.plan import plan_for
+from layerpeft.config import with_default_dataset
 from layerpeft.data.tasks import load_task
 from layerpeft.errors import UserError
 from layerpeft.eval.generate import evaluate
@@ -31,6 +33,7 @@ from layerpeft.export import base_location, export_peft, peft_refusal
 from layerpeft.models.loading import load_model
 from layerpeft.peft_model import apply_plan, get_adapters, load_adapter, save_adapter
 from layerpeft.plan import PlanError
+from layerpeft.preflight import preflight
 from layerpeft.provenance import Segment, provenance
 from layerpeft.rundir import (ADAPTER_DIR, CONFIG, IST_FILE, METRICS, PLAN, PREDICTIONS, RunLock, discard_hydra_only,
                               holds_run, load_stored_config, read_metrics, resume_changes, write_json)
@@ -41,20 +44,32 @@ from layerpeft.train.ist import check_plan as check_ist_plan
 from layerpeft.train.loop import TrainingDiverged, pick_device, train
 
 
+log = logging.getLogger(__name__)
+
+
 def sweep_group() -> str | None:
+    """A sweep's W&B group: its directory's date and time (``2026-12-02/10-11-12-123456``)."""
     hc = HydraConfig.get()
-    return Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    sweep = Path(hc.sweep.dir)
+    return f"{sweep.parent.name}/{sweep.name}"
 
 
 def prepare(cfg: DictConfig, run_dir: Path):
     """Everything checked before anything is written: (plan, task, device, the settings a resume
     changes)."""
+    with_default_dataset(cfg)
     check_train(cfg)
     plan = plan_for(cfg)
     if cfg.ist.enabled:
         check_ist_plan(plan.kinds)
     task = load_task(cfg.dataset, cfg.data)
     dev = pick_device(cfg.train)
+    problems = preflight(cfg.model, plan, dev.model_dtype, dev.device, training=True,
+                         allow_cpu=bool(cfg.train.get("allow_cpu")))
+    if problems:
+        raise UserError("\n".join(problems))
     changes = {}
     if cfg.train.resume and (run_dir / CONFIG).is_file():
         changes = resume_changes(load_stored_config(run_dir / CONFIG), cfg, run_dir)
@@ -69,7 +84,7 @@ def execute(cfg: DictConfig, run_dir: Path, plan, task, dev, changes: dict) -> d
     segment.info.update({"precision": dev.describe()["precision"], "resume_changed": changes})
     earlier = read_metrics(run_dir) if cfg.train.resume else None
     if earlier is not None and earlier.get("status") == "ok":
-        print(f"{run_dir} has finished (status ok): nothing to resume")
+        log.info(f"{run_dir} has finished (status ok): nothing to resume")
         return earlier
     OmegaConf.save(cfg, run_dir / CONFIG, resolve=True)
     tracker = make_tracker(cfg, run_dir, group=sweep_group())
@@ -81,7 +96,7 @@ def execute(cfg: DictConfig, run_dir: Path, plan, task, dev, changes: dict) -> d
             if (run_dir / ADAPTER_DIR).is_dir():
                 load_adapter(model, run_dir / ADAPTER_DIR)
             metrics, before = earlier, earlier.get("segments", [])
-            print(f"resumed {run_dir}: training had finished, evaluating its adapter")
+            log.info(f"resumed {run_dir}: training had finished, evaluating its adapter")
         else:
             segment.did("train")
             try:
@@ -101,11 +116,14 @@ def execute(cfg: DictConfig, run_dir: Path, plan, task, dev, changes: dict) -> d
             segment.did("evaluate")
             metrics.update(evaluate(model, tok, task.evals, task.answers, cfg.eval, run_dir / PREDICTIONS, task.missing,
                                     cfg.dataset.max_new_tokens))
-            tracker.log_eval(metrics)
+            tracker.log_eval(metrics, run_dir / PREDICTIONS)
         metrics["efficiency"]["inference_tokens_per_s"] = metrics.get("inference_tokens_per_s")
         metrics["status"] = "ok"
         metrics.update(timing(before, segment))
         write_json(run_dir / METRICS, metrics)
+        tracker.log_summary({"trainable_params": metrics["trainable_params"], "wall_s": metrics["wall_s"],
+                             "peak_memory_mb": metrics["efficiency"].get("peak_memory_mb")})
+        tracker.log_adapter(run_dir / ADAPTER_DIR)
         failed = False
         return metrics
     finally:
@@ -121,7 +139,9 @@ def timing(before: list[dict], segment: Segment) -> dict:
 def train_and_save(cfg: DictConfig, plan, task, model, tok, dev, tracker, run_dir: Path, segment: Segment) -> dict:
     """Apply the plan, train, save the adapter; the run's metrics so far (status ``evaluating``)."""
     adapters = apply_plan(model, plan, seed=int(cfg.seed))
-    write_json(run_dir / PLAN, {**plan.to_dict(), "layer_params": [adapters.layer_params(i) for i in range(plan.num_layers)]})
+    layer_params = [adapters.layer_params(i) for i in range(plan.num_layers)]
+    write_json(run_dir / PLAN, {**plan.to_dict(), "layer_params": layer_params})
+    tracker.log_plan(plan.to_dict(), layer_params)
     metrics: dict = {"status": "evaluating", "model": cfg.model.name, "method": plan.method,
                      "dataset": task.name, "trainable_params": adapters.num_params(),
                      "total_params": sum(p.numel() for p in model.parameters())}
@@ -184,7 +204,7 @@ def run(cfg: DictConfig) -> dict | None:
         if owned:
             write_json(run_dir / METRICS, {**(read_metrics(run_dir) or {}), "status": status,
                                            "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
-        print(f"job {status} ({run_dir}): {type(e).__name__}: {e}")
+        log.error(f"job {status} ({run_dir}): {type(e).__name__}: {e}")
         FAILED.append(str(run_dir))
         return None
     print_summary(metrics, run_dir)
@@ -195,5 +215,5 @@ def print_summary(metrics: dict, run_dir: Path) -> None:
     from layerpeft.report.tables import accuracy_table
 
     if "datasets" in metrics:
-        print(accuracy_table([(run_dir.name, metrics)]))
-    print(f"run directory: {run_dir}")
+        log.info(accuracy_table([(run_dir.name, metrics)]))
+    log.info(f"run directory: {run_dir}")

@@ -11,6 +11,7 @@ EOS or the template's next section; ``parity`` runs LLM-Adapters' 4-beam search 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +25,8 @@ from layerpeft.eval.batching import continuous_greedy
 from layerpeft.eval.protocol import resolve
 from layerpeft.provenance import device_name
 
+
+log = logging.getLogger(__name__)
 
 #: Decoding stops the step a marker is complete, so the marker lies in the last tokens: decoding
 #: only those keeps the check from growing with the answer (a marker is a handful of tokens).
@@ -139,6 +142,7 @@ def evaluate(model, tokenizer, evals: dict[str, list[dict[str, Any]]], answers: 
                                 "gold": ex["answer"], "pred": extract(answers[name], resp, protocol.name), "correct": ok,
                                 **decode})
         results[name] = {"n": len(items), "correct": correct, "accuracy": 100.0 * correct / len(items) if items else 0.0}
+        log.info(f"{name}: {correct} of {len(items)} right, {results[name]['accuracy']:.2f} %")
         if predictions_path is not None:
             tmp = predictions_path.with_name(predictions_path.name + ".tmp")
             with open(tmp, "w", encoding="utf-8") as f:
@@ -163,6 +167,9 @@ def evaluate(model, tokenizer, evals: dict[str, list[dict[str, Any]]], answers: 
 
     stats: dict[str, float] = {}
     if queue:
+        log.info(f"evaluating {len(queue)} questions ({', '.join(f'{n} {len(sets[n])}' for n in left)}): "
+                 f"{protocol.name} protocol, {num_beams} beam(s), up to {max_new_tokens} new tokens, "
+                 f"{eval_cfg.batch_size} rows at once")
         generate(model, tokenizer, [protocol.prompt(sets[name][i]) for name, i in queue], int(eval_cfg.batch_size),
                  max_new_tokens, num_beams, protocol.stop_at_markers, stats=stats,
                  desc=f"eval {', '.join(left)}", on_done=answered)

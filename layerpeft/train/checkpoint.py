@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -27,6 +28,7 @@ from layerpeft.errors import UserError
 from layerpeft.peft_model import ADAPTER_FILE, get_adapters, save_adapter
 from layerpeft.rundir import CHECKPOINTS
 
+log = logging.getLogger(__name__)
 OPTIM_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
 TENSOR_FILES = (ADAPTER_FILE, OPTIM_FILE)
@@ -114,7 +116,7 @@ def find_resumable(run_dir: Path) -> Path | None:
         return None
     for leftover in root.glob("step_*.tmp"):
         shutil.rmtree(leftover, ignore_errors=True)
-        print(f"removed {leftover}: an interrupted checkpoint save")
+        log.warning(f"removed {leftover}: an interrupted checkpoint save")
     candidates = sorted((p for p in root.iterdir() if _NAME.match(p.name) and p.is_dir()),
                         key=lambda p: int(_NAME.match(p.name).group(1)), reverse=True)
     rejected = []
@@ -124,7 +126,7 @@ def find_resumable(run_dir: Path) -> Path | None:
             return path
         except CheckpointError as e:
             rejected.append(str(e))
-            print(f"skipping checkpoint {path.name}: {e}")
+            log.warning(f"skipping checkpoint {path.name}: {e}")
     if rejected:
         raise CheckpointError(f"train.resume=true: no usable checkpoint in {root} ({'; '.join(rejected)})")
     return None

@@ -8,6 +8,7 @@ resumed run replays exactly what an uninterrupted one would have done.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import resource
@@ -32,6 +33,8 @@ from layerpeft.peft_model import get_adapters
 from layerpeft.train.checkpoint import find_resumable, load_checkpoint, save_checkpoint
 from layerpeft.train.ist import IST, default_mu
 from layerpeft.train.loss import causal_lm_loss
+
+log = logging.getLogger(__name__)
 
 SCHEDULES = {
     "linear": get_linear_schedule_with_warmup,
@@ -183,6 +186,25 @@ def validation_loss(model, batches: list[dict[str, torch.Tensor]], dev: Device) 
     return total / max(count, 1)
 
 
+def run_header(model, cfg, dev: Device, n_train: int, n_val: int, total: int, per_epoch: int, lr: float,
+               warmup: int) -> str:
+    """What is about to train, where and how, for the console and train.log."""
+    adapters = get_adapters(model)
+    plan = adapters.plan
+    segments = ", ".join(f"{s.module} {s.start}-{s.end - 1}" for s in plan.segments if s.module != "none")
+    base = sum(p.numel() for p in model.parameters()) - adapters.num_params()
+    d = dev.describe()
+    return "\n".join([
+        f"model {cfg.model.name}: {base:,} parameters, frozen in {str(dev.model_dtype).removeprefix('torch.')}",
+        f"plan {plan.method}: {segments} of {plan.num_layers} layers; {adapters.num_params():,} trainable "
+        f"({100 * adapters.num_params() / base:.3f} %)",
+        f"device {d['device']} ({torch.get_num_threads()} threads), precision {d['precision']} ({d['precision_reason']})",
+        f"data {cfg.dataset.name}: {n_train:,} training and {n_val:,} validation examples; {total} optimizer steps "
+        f"({per_epoch} per epoch) of {cfg.train.batch_size} examples in micro-batches of {cfg.train.micro_batch_size}"
+        f"{', packed' if cfg.train.packing else ''}; lr {lr:g}, {warmup} warm-up steps, seed {cfg.seed}",
+    ])
+
+
 def trainable_examples(tokenizer, examples: list[dict[str, Any]], data_cfg, what: str) -> tuple[list[dict], int]:
     """Tokenised examples, without those that would train on no token (a prompt longer than
     ``data.cutoff_len`` with ``train_on_inputs=false``: their loss is 0/0, a NaN that would read
@@ -194,8 +216,8 @@ def trainable_examples(tokenizer, examples: list[dict[str, Any]], data_cfg, what
         raise DataError(f"none of the {len(data)} {what} examples has a token to train on: every prompt is longer "
                         f"than data.cutoff_len={data_cfg.cutoff_len} (train_on_inputs=false)")
     if dropped:
-        print(f"data: {dropped} of {len(data)} {what} examples left out: their prompt fills data.cutoff_len="
-              f"{data_cfg.cutoff_len} and train_on_inputs=false leaves no token to train on")
+        log.warning(f"data: {dropped} of {len(data)} {what} examples left out: their prompt fills data.cutoff_len="
+                    f"{data_cfg.cutoff_len} and train_on_inputs=false leaves no token to train on")
     return kept, dropped
 
 
@@ -233,6 +255,7 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
     schedule = recipe(cfg, "schedule")
     warmup = warmup_steps(cfg, total)
     scheduler = SCHEDULES[schedule](optimizer, warmup, total)
+    log.info(run_header(model, cfg, dev, len(data), len(val_data), total, steps_per_epoch, lr, warmup))
 
     ist = make_ist(model, cfg, len(data))
     probe_loss = examples_loss(model, tokenizer, data, t_cfg.micro_batch_size, dev, packed)
@@ -250,7 +273,7 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
             for _ in range(step):
                 scheduler.step()
-        print(f"resumed from {resume_from} at step {step}/{total}")
+        log.info(f"resumed from {resume_from} at step {step}/{total}")
 
     reset_peak_memory(dev.device)
     model.train()
@@ -314,6 +337,7 @@ def train(model, tokenizer, examples: list[dict[str, Any]], cfg, run_dir: Path, 
             val_history.append([step / steps_per_epoch, val_loss])
             if not math.isfinite(val_loss):
                 raise diverged(f"validation loss became {val_loss} after optimizer step {step}")
+            log.info(f"epoch {step / steps_per_epoch:.2f}: validation loss {val_loss:.4f} (training loss {step_loss:.4f})")
             tracker.log({"val/loss": val_loss}, step=step)
         if step % t_cfg.log_every == 0:
             tracker.log(
