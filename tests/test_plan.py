@@ -19,7 +19,7 @@ def summary(*overrides):
     "sizes,layers,expected",
     [
         ([24, 8], 32, [24, 8]),  # adds up: counts
-        ([24, 8], 30, [23, 7]),  # DESIGN.md's example: ties go to the lower segment
+        ([24, 8], 30, [23, 7]),  # the design notes' example: ties go to the lower segment
         ([3, 1], 28, [21, 7]),  # HLPT on GPT-J
         ([3, 1], 40, [30, 10]),
         ([3, 4, 1], 32, [12, 16, 4]),
