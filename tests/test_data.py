@@ -191,3 +191,17 @@ def test_commonsense_suite_reports_hellaswag_missing():
     assert len(task.evals["boolq"]) == 3270 and len(task.evals["openbookqa"]) == 500
     assert set(task.missing) == {"hellaswag", "train:commonsense/hellaswag_train.json"}
     assert cfg.dataset.max_new_tokens == 32
+
+
+def test_a_hub_style_dataset_directory_with_a_split(tmp_path):
+    """``hub:`` takes what ``datasets.load_dataset`` takes: here a local dataset directory."""
+    d = tmp_path / "ds"
+    d.mkdir()
+    (d / "train.jsonl").write_text("".join(json.dumps({"q": f"Q{i}", "a": f"A{i}", "gold": str(i)}) + "\n"
+                                           for i in range(6)))
+    ds = {"name": "hubby", "train": {"hub": str(d), "split": "train"},
+          "columns": {"instruction": "q", "output": "a", "answer": "gold"},
+          "evals": {"t": {"hub": str(d), "split": "train", "answer_type": "number"}}}
+    task = load_task(ds, {"dir": str(tmp_path), "val_size": 0})
+    assert [e["instruction"] for e in task.train] == [f"Q{i}" for i in range(6)]
+    assert task.evals["t"][2]["answer"] == "2" and task.answers["t"].type == "number"

@@ -96,6 +96,17 @@ def test_experiment_sweeps_compose(experiment, method, params):
     assert {k: len(str(v).split(",")) for k, v in grid.items()} == params
 
 
+@pytest.mark.parametrize("experiment", ["hlpt_ratio_sweep", "hlpt_layouts"])
+def test_ratio_and_layout_experiments_run_without_gates_as_the_paper(experiment):
+    """Table 8's 24:8 row is Table 3's "w/o gate": the sweep and the Table 9 layouts are ungated."""
+    from layerpeft.commands.plan import plan_for
+    from layerpeft.config import compose
+
+    cfg = compose("train", [f"+experiment={experiment}", "model=llama7b", "layer_ratio=layers25pct"])
+    assert cfg.method.gate is False
+    assert all(opts["gate"] is False for opts in plan_for(cfg).options.values())
+
+
 def test_reduced_commonsense_experiment_keeps_the_suite_and_shrinks_it():
     """Table 7's reduced protocol: the commonsense suite, 1,000 training examples, 200 questions
     per test set, the paper's four methods."""

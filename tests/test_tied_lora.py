@@ -119,3 +119,18 @@ def test_method_recipe_sets_the_training_defaults():
     assert resolve_lr(cfg) == 1e-4
     lora = compose("train", ["method=lora", "train.warmup_steps=7"])
     assert (recipe(lora, "weight_decay"), recipe(lora, "schedule"), recipe(lora, "warmup_steps")) == (0.0, "linear", 7)
+
+
+def test_frozen_random_matrices_follow_the_run_seed():
+    """A seed sweep varies VeRA's frozen A and B (they are drawn from the run's seed, not a fixed one)."""
+    from layerpeft import apply_plan
+    from layerpeft.commands.plan import plan_for
+    from layerpeft.config import compose
+    from layerpeft.models.loading import load_model
+
+    def frozen(seed):
+        cfg = compose("train", ["model=tiny", "method=tied_lora", "method.preset=vera", f"seed={seed}"])
+        model, _ = load_model(cfg.model)
+        return apply_plan(model, plan_for(cfg)).shared["tied_lora"].A.clone()
+
+    assert torch.equal(frozen(3), frozen(3)) and not torch.equal(frozen(3), frozen(4))

@@ -217,3 +217,16 @@ def test_a_loaded_run_is_causal_in_a_plain_forward(tmp_path, method):
         before, after = model(input_ids=ids).logits, model(input_ids=changed).logits
     torch.testing.assert_close(after[:, :9], before[:, :9], atol=1e-6, rtol=0)
     assert not torch.allclose(after[:, 9:], before[:, 9:])
+
+
+def test_warm_up_as_a_share_of_the_steps():
+    """PARA's recipe warms up over 6 % of the steps (rounded up, as the HF Trainer does);
+    train.warmup_steps still wins, and other methods keep LLM-Adapters' 100 steps."""
+    from layerpeft.config import compose
+    from layerpeft.train.loop import warmup_steps
+
+    para = compose("train", ["method=para"])
+    assert warmup_steps(para, 189) == 12 and warmup_steps(para, 1000) == 60
+    assert warmup_steps(compose("train", ["method=para", "train.warmup_steps=5"]), 189) == 5
+    assert warmup_steps(compose("train", ["method=hlpt", "train.warmup_ratio=0.1"]), 189) == 19
+    assert warmup_steps(compose("train", ["method=lora"]), 189) == 100
