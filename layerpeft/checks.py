@@ -59,6 +59,23 @@ def _get(cfg, key: str) -> Any:
     return node
 
 
+def check_model(cfg) -> None:
+    """Where the base model comes from; a random model needs the architecture's numbers."""
+    from layerpeft.models.loading import SOURCES, arch_config
+    from layerpeft.models.tiny import byte_tokenizer
+
+    choice(cfg, "model.source", SOURCES)
+    if cfg.model.source != "random":
+        return
+    if not (cfg.model.get("arch") or {}).get("model_type"):
+        raise UserError(f"model.source='random': model {cfg.model.get('name')} has no arch numbers "
+                        "(arch.model_type and the sizes) to build")
+    vocab, needed = arch_config(cfg.model).vocab_size, len(byte_tokenizer())
+    if vocab < needed:
+        raise UserError(f"model.arch.vocab_size={vocab}: a random model needs at least the byte tokenizer's "
+                        f"{needed} tokens")
+
+
 def check_device(cfg) -> None:
     choice(cfg, "train.device", DEVICES)
     if cfg.train.get("allow_cpu") is not None:
@@ -108,6 +125,7 @@ def check_train(cfg) -> None:
         choice(cfg, "train.schedule", SCHEDULES)
     elif (cfg.method.get("train") or {}).get("schedule") is not None:
         choice(cfg, "method.train.schedule", SCHEDULES)
+    check_model(cfg)
     check_device(cfg)
     for key in ("data.cutoff_len",):
         positive_int(cfg, key)

@@ -102,8 +102,8 @@ def base_weights(model_cfg: Any, dtype: torch.dtype) -> dict[str, Any]:
         out["id"] = model_cfg.get("hub_id")
     elif source == "hf":
         out.update({"id": model_cfg.get("name_or_path"), "revision": model_cfg.get("revision")})
-    elif source == "tiny":
-        out["seed"] = model_cfg.get("seed")
+    elif source == "random":
+        out.update({"seed": model_cfg.get("seed") or 0, "note": "random weights in the model's architecture"})
     return out
 
 

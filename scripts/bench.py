@@ -4,6 +4,10 @@
         layerpeft's LoRA vs HF peft's, same LoRA config, batch, sequence length, optimizer and
         dtype; the two alternate in separate processes (so neither inherits the other's
         allocator state or peak RSS) and the median of the repeats is reported.
+    python scripts/bench.py mfu --device cuda --dtype bf16 --methods lora,hlpt
+        model FLOPs utilisation of LoRA and HLPT training on a LLaMA-7B-shaped model with random
+        weights (--source random, no download): tokens/s at batch 16 of 256 tokens, 4N FLOPs per
+        token, against --peak-tflops (989, the H200's dense bf16, by default on cuda).
     python scripts/bench.py decode --model smollm2_135m --methods para,lora,ia3
         PARA paper Table 4 protocol: a ~274-token prompt, 32 new tokens, beam sizes 1 and 3,
         adapters not merged, repeated runs; each method in its own process (peak RSS per method).
@@ -45,11 +49,11 @@ import time
 import torch
 
 
-def _load(model_name: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
+def _load(model_name: str, device: str = "cpu", dtype: torch.dtype = torch.float32, source: str | None = None):
     from layerpeft.config import compose
     from layerpeft.models.loading import load_model
 
-    cfg = compose("train", [f"model={model_name}"])
+    cfg = compose("train", [f"model={model_name}"] + ([f"model.source={source}"] if source else []))
     return cfg, *load_model(cfg.model, dtype=dtype, device=device)
 
 
@@ -60,7 +64,10 @@ def train_worker(args) -> dict:
     autocast = args.dtype == "bf16"
     # On CUDA the frozen base is stored in bf16 under bf16 autocast, as the training loop does;
     # both implementations keep their adapter weights in fp32 (peft upcasts them by default).
-    cfg, model, _ = _load(args.model, args.device, torch.bfloat16 if cuda and autocast else torch.float32)
+    cfg, model, _ = _load(args.model, args.device, torch.bfloat16 if cuda and autocast else torch.float32,
+                          getattr(args, "source", None))
+    # the base's matmul weights (lm_head included, embedding lookups not): 2N FLOPs per token forward
+    matmul_params = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     ist = None
     if args.impl == "ours":
         from layerpeft import apply_plan, build_plan
@@ -127,7 +134,7 @@ def train_worker(args) -> dict:
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"tokens_per_s": args.steps * ids.numel() / dt, "step_s": dt / args.steps,
             "peak_mb": peak, "step_peak_mb": peak - before_mb,
-            "trainable": sum(p.numel() for p in params)}
+            "trainable": sum(p.numel() for p in params), "matmul_params": matmul_params}
 
 
 def _rss_mb() -> float:
@@ -139,7 +146,8 @@ def _worker(args, impl: str, ist: bool) -> dict:
     cmd = [sys.executable, __file__, "_train_worker", "--impl", impl, "--model", args.model,
            "--method", args.method, "--steps", str(args.steps), "--batch", str(args.batch),
            "--micro-batch", str(args.micro_batch), "--seq-len", str(args.seq_len),
-           "--dtype", args.dtype, "--device", args.device] + (["--ist"] if ist else [])
+           "--dtype", args.dtype, "--device", args.device] + (["--ist"] if ist else []) + \
+        (["--source", args.source] if getattr(args, "source", None) else [])
     return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
 
 
@@ -174,6 +182,27 @@ def bench_train(args) -> dict:
             "ratio": ours["tokens_per_s"] / base["tokens_per_s"],
             "ours_peak_mb": ours["peak_mb"], "baseline_peak_mb": base["peak_mb"],
             "mem_ratio": ours["peak_mb"] / base["peak_mb"]}
+
+
+def bench_mfu(args) -> dict:
+    """Model FLOPs utilisation of adapter training: each method in its own process, at 4N FLOPs
+    per token (N: the frozen base's matmul weights; forward 2N, backward to the activations 2N,
+    no weight gradients for the base; adapters and attention scores not counted, so the figure
+    is a slight underestimate) against the accelerator's dense peak."""
+    peak = args.peak_tflops if args.peak_tflops is not None else (989.0 if args.device == "cuda" else None)
+    rows = {}
+    for method in args.methods.split(","):
+        args.method = method
+        runs = [_worker(args, "ours", False) for _ in range(args.repeats)]
+        r = min(runs, key=lambda x: x["step_s"])  # the fastest repeat: MFU is a capability figure
+        achieved = 4 * r["matmul_params"] * r["tokens_per_s"] / 1e12
+        rows[method] = {"tokens_per_s": r["tokens_per_s"], "step_s": r["step_s"], "peak_mb": r["peak_mb"],
+                        "trainable": r["trainable"], "achieved_tflops": achieved,
+                        "mfu": achieved / peak if peak else None}
+    return {"bench": "mfu", "model": args.model, "source": args.source, "device": args.device,
+            "dtype": args.dtype, "batch": args.batch, "micro_batch": args.micro_batch, "seq_len": args.seq_len,
+            "steps": args.steps, "repeats": args.repeats, "matmul_params": r["matmul_params"],
+            "peak_tflops": peak, "methods": rows}
 
 
 def decode_worker(args) -> dict:
@@ -420,17 +449,22 @@ def bench_efficiency(args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="name", required=True)
-    for name in ("train", "_train_worker", "ist"):
+    for name in ("train", "_train_worker", "ist", "mfu"):
         p = sub.add_parser(name)
-        p.add_argument("--model", default="smollm2_135m")
+        p.add_argument("--model", default="llama7b" if name == "mfu" else "smollm2_135m")
+        p.add_argument("--source", default="random" if name == "mfu" else None,
+                       help="model.source for the base (random: the architecture, no download)")
         p.add_argument("--method", default="lora")
+        p.add_argument("--methods", default="lora,hlpt", help="(mfu) one process per method")
+        p.add_argument("--peak-tflops", type=float, default=None,
+                       help="(mfu) dense peak of the device; default 989 (H200 bf16) on cuda, none on cpu")
         p.add_argument("--baseline", default="peft", choices=["peft"])
         p.add_argument("--impl", default="ours", choices=["ours", "peft"])
         # ist: 10 timed steps hold one importance update (interval 10), as training averages it
         p.add_argument("--steps", type=int, default=10 if name == "ist" else 5)
-        p.add_argument("--batch", type=int, default=16 if name == "ist" else 4)
+        p.add_argument("--batch", type=int, default=16 if name in ("ist", "mfu") else 4)
         p.add_argument("--micro-batch", type=int, default=4, help="gradient accumulation as in training")
-        p.add_argument("--seq-len", type=int, default=128)
+        p.add_argument("--seq-len", type=int, default=256 if name == "mfu" else 128)
         p.add_argument("--repeats", type=int, default=2)
         p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
         p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
@@ -471,7 +505,7 @@ def main() -> None:
     args = ap.parse_args()
     fn = {"train": bench_train, "_train_worker": train_worker, "ist": bench_ist, "decode": bench_decode,
           "_decode_worker": decode_worker, "eval": bench_eval, "pipeline": bench_pipeline,
-          "_pipeline_worker": pipeline_worker, "efficiency": bench_efficiency}[args.name]
+          "_pipeline_worker": pipeline_worker, "efficiency": bench_efficiency, "mfu": bench_mfu}[args.name]
     print(json.dumps(fn(args)))
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoConfig
 
 from layerpeft.config import compose
@@ -82,3 +83,49 @@ def test_a_missing_model_is_one_line(tmp_path):
     p = subprocess.run([EXE, "plan", "model=hf", f"model.name_or_path={tmp_path / 'nothing'}"],
                        capture_output=True, text=True, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     assert p.returncode == 2 and "no model config found" in p.stderr and "Traceback" not in p.stderr
+
+
+SMALL_GEMMA = ["model=gemma2b", "model.source=random", "model.arch.hidden_size=64", "model.arch.intermediate_size=128",
+               "model.arch.num_hidden_layers=4", "model.arch.num_attention_heads=4", "model.arch.head_dim=16",
+               "model.arch.vocab_size=300"]
+
+
+def test_a_random_model_has_the_paper_architecture_without_a_download():
+    """`model.source=random`: the configured architecture (here Gemma's multi-query attention and
+    its own special-token numbering) with seeded random weights and the byte tokenizer."""
+    from layerpeft.models.loading import meta_model
+
+    cfg = compose("train", SMALL_GEMMA)
+    model, tok = load_model(cfg.model)
+    meta = meta_model(cfg.model)
+    assert type(model) is type(meta)
+    assert {n: p.shape for n, p in model.named_parameters()} == {n: p.shape for n, p in meta.named_parameters()}
+    again, _ = load_model(cfg.model)
+    other, _ = load_model(compose("train", SMALL_GEMMA + ["+model.seed=1"]).model)
+    w = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(model.state_dict()[w], again.state_dict()[w])
+    assert not torch.equal(model.state_dict()[w], other.state_dict()[w])
+    assert model.generation_config.eos_token_id == model.config.eos_token_id == tok.eos_token_id
+
+
+def test_a_random_paper_model_trains_and_records_its_source(tmp_path):
+    run = tmp_path / "run"
+    p = subprocess.run([EXE, "train", *SMALL_GEMMA, "method=hlpt", "dataset=synthetic_math", "logger=none",
+                        "train.max_steps=1", "eval.limit=2", "eval.max_new_tokens=4", f"hydra.run.dir={run}"],
+                       capture_output=True, text=True, timeout=600, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["provenance"]["base_weights"]["source"] == "random" and metrics["status"] == "ok"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.source=somewhere"], "model.source='somewhere': must be one of random, gguf, hub, hf"),
+    (["model=hf", "model.name_or_path=/nowhere", "model.source=random"],
+     "model.source='random': model nowhere has no arch numbers"),
+    (["model.arch.vocab_size=100"], "model.arch.vocab_size=100: a random model needs at least the byte tokenizer's 259"),
+])
+def test_a_random_model_that_cannot_be_built_is_one_line(tmp_path, overrides, message):
+    p = subprocess.run([EXE, "train", "model=tiny", *overrides, "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr[-1500:]
+    assert not (tmp_path / "run").exists()

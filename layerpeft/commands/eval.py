@@ -8,7 +8,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from layerpeft.checks import check_device, check_eval
+from layerpeft.checks import check_device, check_eval, check_model
 from layerpeft.data.files import DataError
 from layerpeft.data.tasks import load_task
 from layerpeft.errors import UserError
@@ -50,6 +50,7 @@ def prepare(cfg: DictConfig):
         if cfg.eval.max_new_tokens is None:
             cfg.eval.max_new_tokens = dataset.max_new_tokens
     check_eval(cfg)
+    check_model(run_cfg if run_cfg is not None else cfg)
     check_device(cfg)
     task, dev = load_task(dataset, cfg.data), pick_device(cfg.train)
     problems = preflight(run_cfg.model if run_cfg is not None else cfg.model, None, dev.model_dtype, dev.device,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -50,7 +51,11 @@ def prepare(dest: Path, source: Path | None) -> tuple[list[str], list[str]]:
                 except OSError as e:
                     missing.append(f"{local} ({e})")
                     continue
-            load_source({"path": str(target)}, None, Path(staging), local.endswith("_test.json"), local)
+            origin = str(source / local) if source is not None else f"{REPO_RAW}/{remote}"
+            try:
+                load_source({"path": str(target)}, None, Path(staging), local.endswith("_test.json"), local)
+            except DataError as e:  # name the file the user gave, not its staged copy
+                raise DataError(str(e).replace(str(target), origin)) from None
             done.append(local)
         for local in done:  # every file checked: now they replace the old ones
             (dest / local).parent.mkdir(parents=True, exist_ok=True)
@@ -67,7 +72,7 @@ def main(argv: list[str]) -> int:
     try:
         done, missing = prepare(args.to, args.source)
     except DataError as e:
-        print(f"layerpeft prepare-data: error: {e}")
+        print(f"layerpeft prepare-data: error: {e}", file=sys.stderr)
         return 2
     print(f"prepared {len(done)} files in {args.to}")
     for m in missing:

