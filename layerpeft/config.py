@@ -12,6 +12,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 # ``${basename:…}``: a model named by its directory or hub id (``model=hf``), for run directory names
 OmegaConf.register_new_resolver("basename", lambda p: Path(str(p).rstrip("/")).name, replace=True)
+# ``${unescape:…}``: Hydra's override_dirname escapes ':' (``layer_ratio=5\:27``); a sweep job's
+# directory is named without the backslash, which a shell would otherwise need quoted
+OmegaConf.register_new_resolver("unescape", lambda s: str(s).replace("\\", ""), replace=True)
 
 
 def compose(config_name: str = "train", overrides: Iterable[str] = ()) -> DictConfig:

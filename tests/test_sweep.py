@@ -43,7 +43,8 @@ def test_ratio_sweep_and_report(tmp_path):
         bottom, top = map(int, layers.split(":"))
         assert row["layers"] == layers and row["status"] == "ok"
         assert int(row["trainable params"]) == bottom * lora_layer + top * prefix_layer
-        run_dir = next(d for d in sweep.iterdir() if d.name.endswith(f"layer_ratio={ratio}"))
+        # a job's directory names its overrides, sorted, unescaped (no backslash for the shell to eat)
+        (run_dir,) = [d for d in sweep.iterdir() if f",layer_ratio={ratio}," in d.name]
         answers = [json.loads(line)["correct"] for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
         assert len(answers) == 4 and float(row["synthetic"]) == pytest.approx(100 * sum(answers) / 4)
     assert by_label["layer_ratio=3:4:1"]["status"].startswith("failed: PlanError")

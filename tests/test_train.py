@@ -55,8 +55,9 @@ def test_run_directory_contents(tmp_path):
     assert prov["versions"]["torch"] == torch.__version__ and prov["versions"]["transformers"]
     assert prov["machine"]["native_bf16"] is native and prov["machine"]["cpu"]
     # under bf16 autocast the frozen base is held in bf16
-    assert prov["base_weights"] == {"model": "tiny", "source": "tiny", "dtype": "bfloat16" if native else "float32",
-                                    "seed": 0}
+    # (the tiny model is the random source: its seed and a note that the weights are random)
+    assert prov["base_weights"] == {"model": "tiny", "source": "random", "dtype": "bfloat16" if native else "float32",
+                                    "seed": 0, "note": "random weights in the model's architecture"}
     (seg,) = metrics["segments"]
     assert seg["phases"] == ["train", "evaluate"] and metrics["wall_s"] == pytest.approx(seg["seconds"])
     # 600 synthetic problems, batches of 16: 38 steps an epoch; validation at the run's end
