@@ -87,6 +87,11 @@ def test_runs_that_differ_only_in_seed_form_one_cell():
                                             ("method=lora seed=2", "lora"), ("method=hlpt seed=2", "hlpt")])]
     cells = group_cells(runs)
     assert [(c.label, c.seeds) for c in cells] == [("method=lora", 2), ("method=hlpt", 2)]
+    # a plain seed sweep (the seed is all that differs) is one cell, named by its method; beside it a
+    # cell whose only other override is its learning rate
+    runs = [Run(Path(f"s{i}"), label, {"method": "lora"}, "", [])
+            for i, label in enumerate(["seed=1", "seed=2", "train.lr=3e-3 seed=1", "train.lr=3e-3 seed=2"])]
+    assert [(c.label, c.seeds) for c in group_cells(runs)] == [("lora", 2), ("train.lr=3e-3", 2)]
 
 
 def test_seed_sweep_report_writes_the_comparison(tmp_path):

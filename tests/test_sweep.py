@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 EXE = str(Path(sys.executable).with_name("layerpeft"))
 RATIOS = "5:27,8:24,11:21,16:16,21:11,24:8,27:5"
@@ -120,3 +122,31 @@ def test_reduced_commonsense_experiment_keeps_the_suite_and_shrinks_it():
     assert cfg.dataset.name == "commonsense" and cfg.dataset.train_sample == 15000
     assert cfg.data.train_size == 1000 and cfg.eval.limit == 200 and cfg.eval.max_new_tokens == 32
     assert cfg.hydra.sweeper.params.method.split(",") == ["prefix", "lora", "hlpt", "h2lpt"]
+
+
+def test_headline_script_runs_its_cells_with_seeds_resumes_and_reports_against_lora(tmp_path):
+    out = tmp_path / "headline"
+    cmd = [sys.executable, str(Path(__file__).parents[1] / "scripts" / "headline.py"), str(out), "--seeds", "1,2",
+           "--cells", "lora,lora_lr3e-3", "--threads", "1",
+           # the protocol's model, data and size replaced by key; the rest (resume, checkpoints) kept
+           "model=tiny", "dataset=synthetic_math", "data.train_size=null", "train.max_steps=2", "eval.limit=8",
+           "eval.max_new_tokens=4"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    configs = {d.parent.name: yaml.safe_load(d.read_text()) for d in sorted(out.glob("*/*/config.yaml"))}
+    assert len(configs) == 4
+    cells = {(c["method"]["name"], c["train"]["lr"], c["seed"]) for c in configs.values()}
+    # LoRA at its own learning rate (null: the method's 3e-4) and at HLPT's, each with seeds 1 and 2
+    assert cells == {("lora", None, 1), ("lora", None, 2), ("lora", 3e-3, 1), ("lora", 3e-3, 2)}
+    assert all(c["train"]["resume"] is True and c["model"]["name"] == "tiny" for c in configs.values())
+    rows = list(csv.DictReader(open(out / "report" / "comparison.csv")))
+    assert [(row["label"], row["seeds"]) for row in rows] == [("lora", "2"), ("train.lr=3e-3", "2")]
+    assert rows[0]["delta"] == "" and math.isfinite(float(rows[1]["p_value"]))
+    # the same command again resumes: every run has finished, nothing is trained twice
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-2000:]
+    logs = "".join((out / f"{c}.log").read_text() for c in ("lora", "lora_lr3e-3"))
+    assert logs.count("has finished (status ok): nothing to resume") == 4
+    # a cell the script does not know is refused before anything runs
+    bad = subprocess.run([*cmd[:3], "--cells", "lora,qlora"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown cell(s) qlora" in bad.stderr

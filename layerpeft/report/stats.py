@@ -65,10 +65,13 @@ class Cell:
 
 
 def group_cells(runs: list) -> list[Cell]:
-    """Runs whose labels differ only in ``seed=…`` form one cell (in first-seen order)."""
+    """Runs whose labels differ only in ``seed=…`` form one cell (in first-seen order). A run whose
+    label is only its seed (a plain seed sweep, or a cell whose other overrides all runs share)
+    belongs to the cell named by its method."""
     cells: dict[str, Cell] = {}
     for r in runs:
-        key = " ".join(part for part in r.label.split(" ") if not part.startswith(SEED_PREFIXES)) or r.label
+        key = (" ".join(part for part in r.label.split(" ") if not part.startswith(SEED_PREFIXES))
+               or r.metrics.get("method") or r.label)
         cells.setdefault(key, Cell(key, [])).runs.append(r)
     return list(cells.values())
 
