@@ -1,16 +1,29 @@
-"""layerpeft: layer-aware parameter-efficient fine-tuning experiments."""
+"""layerpeft: layer-aware parameter-efficient fine-tuning experiments.
 
-from layerpeft.peft_model import apply_plan, get_adapters, load_adapter, save_adapter
-from layerpeft.plan import LayerPlan, PlanError, build_plan
-from layerpeft.rundir import load_run
+The public names below are imported when first used (PEP 562), so that ``layerpeft report``,
+``plan`` and ``--help`` do not pay for importing torch and transformers' model code.
+"""
 
-__all__ = [
-    "LayerPlan",
-    "PlanError",
-    "apply_plan",
-    "build_plan",
-    "get_adapters",
-    "load_adapter",
-    "load_run",
-    "save_adapter",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_PUBLIC = {
+    "LayerPlan": "layerpeft.plan",
+    "PlanError": "layerpeft.plan",
+    "build_plan": "layerpeft.plan",
+    "apply_plan": "layerpeft.peft_model",
+    "get_adapters": "layerpeft.peft_model",
+    "load_adapter": "layerpeft.peft_model",
+    "save_adapter": "layerpeft.peft_model",
+    "load_run": "layerpeft.rundir",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'layerpeft' has no attribute {name!r}")
+    return getattr(importlib.import_module(_PUBLIC[name]), name)

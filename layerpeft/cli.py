@@ -15,11 +15,10 @@ from omegaconf import DictConfig
 
 from layerpeft.config import CONF_DIR
 from layerpeft.data.files import DataError
-from layerpeft.errors import UserError
+from layerpeft.errors import TrainingDiverged, UserError
 from layerpeft.plan import PlanError
 from layerpeft.rundir import holds_run
 from layerpeft.sweep import FAILED
-from layerpeft.train.loop import TrainingDiverged
 
 HYDRA_COMMANDS = ("train", "eval", "plan")
 USAGE = """usage: layerpeft {train,eval,plan,report,export,lm-eval,prepare-data} [args...]
@@ -56,11 +55,12 @@ def _protect_existing_runs(command: str, argv: list[str]) -> list[str]:
 
 
 def _run_hydra(command: str, argv: list[str]) -> None:
-    module = importlib.import_module(f"layerpeft.commands.{command}")
     argv = _protect_existing_runs(command, argv)
 
     @hydra.main(config_path=CONF_DIR, config_name=command, version_base=None)
     def task(cfg: DictConfig) -> None:
+        # imported once a job runs: `--help`, `--cfg` and shell completion need no torch
+        module = importlib.import_module(f"layerpeft.commands.{command}")
         try:
             return module.run(cfg)
         except (PlanError, DataError, TrainingDiverged, UserError, OSError) as e:

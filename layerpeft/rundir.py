@@ -27,9 +27,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from layerpeft.errors import UserError
 
-from layerpeft.models.loading import load_model
-from layerpeft.peft_model import load_adapter
-
 CONFIG, PLAN, METRICS, PREDICTIONS, ADAPTER_DIR = "config.yaml", "plan.json", "metrics.json", "predictions.jsonl", "adapter"
 IST_FILE, LOCK, CHECKPOINTS = "ist.json", ".lock", "checkpoints"
 #: What Hydra writes into a run directory before the run starts (not the run's own files).
@@ -152,6 +149,11 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
         raise FileNotFoundError(f"{run_dir} is not a layerpeft run directory (no {CONFIG})")
+    # imported here, not at the top: the rest of this module serves `report` and the CLI, which
+    # need no model code
+    from layerpeft.models.loading import load_model
+    from layerpeft.peft_model import load_adapter
+
     cfg = load_stored_config(run_dir / CONFIG)
     model, tok = load_model(cfg.model, device=device)
     if (run_dir / ADAPTER_DIR).is_dir():

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="OMP_NUM_THREADS of each cell")
     ap.add_argument("--cells", default=",".join(CELLS), help=f"a subset of {','.join(CELLS)}")
     ap.add_argument("overrides", nargs="*", help="key=value, replacing the protocol's value for that key")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # overrides may follow the options
     cells = args.cells.split(",")
     unknown = [c for c in cells if c not in CELLS]
     if unknown:

@@ -27,6 +27,7 @@ from transformers import (
 )
 
 from layerpeft.data.files import DataError
+from layerpeft.errors import TrainingDiverged
 from layerpeft.data.prompts import batchify, tokenize_example
 from layerpeft.provenance import Segment, device_name, native_bf16
 from layerpeft.peft_model import get_adapters
@@ -41,16 +42,6 @@ SCHEDULES = {
     "cosine": get_cosine_schedule_with_warmup,
     "constant": lambda opt, warmup, total: get_constant_schedule_with_warmup(opt, warmup),
 }
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss, a parameter or the validation loss became NaN/inf: the run stops, keeps its last
-    verified checkpoint, saves no adapter and ends ``status: diverged``. ``record`` holds the
-    training history up to that point (for metrics.json)."""
-
-    def __init__(self, message: str, record: dict[str, Any] | None = None):
-        super().__init__(message)
-        self.record = record or {}
 
 
 @dataclass
