@@ -89,11 +89,18 @@ def test_a_directory_locked_by_a_live_process_is_refused(tmp_path):
 
 # 3. resume compares the configuration ------------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def finished_lora_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("finished") / "run"
+    assert train(run, "method=lora", "train.max_steps=3").returncode == 0
+    return run
+
+
 @pytest.mark.parametrize("change,key", [("train.lr=0.01", "train.lr"), ("method=prefix", "method.name"),
                                         ("train.max_steps=5", "train.max_steps"), ("seed=7", "seed")])
-def test_resume_with_other_settings_is_refused_before_anything_is_written(tmp_path, change, key):
+def test_resume_with_other_settings_is_refused_before_anything_is_written(tmp_path, finished_lora_run, change, key):
     run = tmp_path / "run"
-    assert train(run, "method=lora", "train.max_steps=3").returncode == 0
+    shutil.copytree(finished_lora_run, run)  # each case refuses its own copy of one trained run
     before = snapshot(run)
     p = train(run, "method=lora", "train.max_steps=3", change, "train.resume=true")
     assert p.returncode == 2
