@@ -56,10 +56,17 @@ def load_source(spec: dict[str, Any], columns: dict[str, str] | None, root: Path
             raise DataError(f"{path}: file not found (set data.dir or $LAYERPEFT_DATA; `layerpeft prepare-data` "
                             "fills it)")
         name = str(path)
+        # a local file reads in well under a second: its "Generating train split" bar (one per set,
+        # seven for the math protocol) would only bury the console header and any error line
+        was_enabled = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()
         try:
             table = datasets.load_dataset(LOADERS[path.suffix.lower()], data_files=str(path), split="train")
         except Exception as e:  # datasets wraps parse errors in several types
             raise DataError(f"{path}: not readable as {path.suffix[1:].upper()} ({_reason(e)})") from None
+        finally:
+            if was_enabled:
+                datasets.enable_progress_bars()
     else:
         name = describe(spec)
         try:
