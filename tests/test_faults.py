@@ -207,7 +207,7 @@ def test_a_bad_newest_checkpoint_is_skipped_by_name_and_the_one_before_used(chec
     run, p, full = resume_copy(checkpointed, tmp_path, damage)
     assert p.returncode == 0, p.stderr[-2000:]
     reason = "non-finite values" if fault == "nan" else "checksum mismatch"
-    assert f"skipping checkpoint step_000004:" in p.stdout and reason in p.stdout
+    assert "skipping checkpoint step_000004:" in p.stdout and reason in p.stdout
     assert "resumed from" in p.stdout and "step_000002 at step 2/6" in p.stdout
     assert same_adapter(run, full)  # the replay from step 2 ends where the uninterrupted run ended
 

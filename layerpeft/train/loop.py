@@ -27,8 +27,8 @@ from transformers import (
 )
 
 from layerpeft.data.files import DataError
-from layerpeft.errors import TrainingDiverged
 from layerpeft.data.prompts import batchify, tokenize_example
+from layerpeft.errors import TrainingDiverged
 from layerpeft.provenance import Segment, device_name, native_bf16
 from layerpeft.peft_model import get_adapters
 from layerpeft.train.checkpoint import find_resumable, load_checkpoint, save_checkpoint
