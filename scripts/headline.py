@@ -12,7 +12,9 @@ Trailing ``key=value`` overrides replace the protocol's own (same key) or add to
 
     layerpeft report OUT --baseline method=lora --out OUT/report
 
-A cell's log is OUT/<cell>.log. The exit status is non-zero when any run failed.
+Before anything is written, every run is checked as ``layerpeft train`` checks it (config,
+settings, data files, weights, memory); a problem is one line naming the cell, exit status 2.
+A cell's log is OUT/<cell>.log. The exit status is 1 when any run failed.
 """
 
 from __future__ import annotations
@@ -48,9 +50,39 @@ def merged(*groups: list[str]) -> list[str]:
         for item in group:
             key, sep, _ = item.partition("=")
             if not sep:
-                raise SystemExit(f"headline: {item!r} is not a key=value override")
+                raise ValueError(f"{item!r} is not a key=value override")
             by_key[key] = item
     return list(by_key.values())
+
+
+def check_cells(cells: list[str], seeds: str, overrides: list[str], out: Path) -> str | None:
+    """Each run checked as ``layerpeft train`` checks it before writing anything (its config
+    composes, its settings are valid, the data files are there, the weights are reachable, it
+    fits the machine): the first problem as one line naming the cell, before any directory is
+    made; ``None`` when every run would start."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from layerpeft.commands.train import prepare
+    from layerpeft.config import compose
+    from layerpeft.data.files import DataError
+    from layerpeft.errors import UserError
+    from layerpeft.plan import PlanError
+
+    refusals = (HydraException, OmegaConfBaseException, UserError, DataError, PlanError, OSError)
+
+    try:
+        composed = {c: merged(PROTOCOL, CELLS[c], overrides) for c in cells}
+    except ValueError as e:
+        return str(e)
+    for cell, items in composed.items():
+        for seed in seeds.split(","):
+            try:
+                # a directory that holds no run: the resume checks are each run's own, at its start
+                prepare(compose("train", [*items, f"seed={seed}"]), out / cell / "(new)")
+            except refusals as e:
+                return f"cell {cell}, seed={seed}: {str(e).splitlines()[0]}"
+    return None
 
 
 def run_cell(name: str, out: Path, seeds: str, threads: int, overrides: list[str]) -> int:
@@ -76,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [c for c in cells if c not in CELLS]
     if unknown:
         ap.error(f"unknown cell(s) {', '.join(unknown)}; the cells are {', '.join(CELLS)}")
-    merged(args.overrides)  # a malformed override is refused before anything runs
+    refused = check_cells(cells, args.seeds, args.overrides, args.out)
+    if refused:
+        print(f"headline: error: {refused}", file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         codes = dict(zip(cells, pool.map(lambda c: run_cell(c, args.out, args.seeds, args.threads, args.overrides),

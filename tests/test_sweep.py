@@ -147,6 +147,10 @@ def test_headline_script_runs_its_cells_with_seeds_resumes_and_reports_against_l
     assert again.returncode == 0, again.stdout[-2000:]
     logs = "".join((out / f"{c}.log").read_text() for c in ("lora", "lora_lr3e-3"))
     assert logs.count("has finished (status ok): nothing to resume") == 4
-    # a cell the script does not know is refused before anything runs
+    # a cell the script does not know, or a run that would not start, is refused before anything runs
     bad = subprocess.run([*cmd[:3], "--cells", "lora,qlora"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown cell(s) qlora" in bad.stderr
+    fresh = tmp_path / "fresh"
+    bad = subprocess.run([*cmd[:2], str(fresh), *cmd[3:], "train.lrr=3"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip() == "headline: error: cell lora, seed=1: Could not override 'train.lrr'."
+    assert not fresh.exists()
