@@ -21,6 +21,9 @@ from layerpeft.rundir import holds_run
 from layerpeft.sweep import FAILED
 
 HYDRA_COMMANDS = ("train", "eval", "plan")
+#: What a command refuses with one line and exit code 2 (OSError: a missing file, or a model the
+#: hub did not deliver: no network, no such id)
+REFUSALS = (PlanError, DataError, TrainingDiverged, UserError, OSError)
 USAGE = """usage: layerpeft {train,eval,plan,report,export,lm-eval,prepare-data} [args...]
 
   train   train (and evaluate) a PEFT method:   layerpeft train method=hlpt model=llama7b
@@ -63,8 +66,7 @@ def _run_hydra(command: str, argv: list[str]) -> None:
         module = importlib.import_module(f"layerpeft.commands.{command}")
         try:
             return module.run(cfg)
-        except (PlanError, DataError, TrainingDiverged, UserError, OSError) as e:
-            # OSError: a missing file, or a model the hub did not deliver (no network, no such id)
+        except REFUSALS as e:
             for line in str(e).splitlines()[:1] if isinstance(e, OSError) else str(e).splitlines():
                 print(f"layerpeft {command}: error: {line}", file=sys.stderr)
             sys.exit(2)

@@ -63,13 +63,11 @@ def check_cells(cells: list[str], seeds: str, overrides: list[str], out: Path) -
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from layerpeft.cli import REFUSALS
     from layerpeft.commands.train import prepare
     from layerpeft.config import compose
-    from layerpeft.data.files import DataError
-    from layerpeft.errors import UserError
-    from layerpeft.plan import PlanError
 
-    refusals = (HydraException, OmegaConfBaseException, UserError, DataError, PlanError, OSError)
+    refusals = (HydraException, OmegaConfBaseException, *REFUSALS)
 
     try:
         composed = {c: merged(PROTOCOL, CELLS[c], overrides) for c in cells}
