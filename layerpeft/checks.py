@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from layerpeft.errors import UserError
 
 SCHEDULES = ("linear", "cosine", "constant")
@@ -81,8 +79,14 @@ def check_device(cfg) -> None:
     if cfg.train.get("allow_cpu") is not None:
         choice(cfg, "train.allow_cpu", (True, False))
     choice(cfg, "train.precision", PRECISIONS)
-    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+    if cfg.train.device == "cuda" and not _cuda_available():
         raise UserError("train.device='cuda': no CUDA device is available here (use auto or cpu)")
+
+
+def _cuda_available() -> bool:
+    import torch  # here, not at the top: the other checks run before torch is imported
+
+    return torch.cuda.is_available()
 
 
 def check_eval(cfg) -> None:
@@ -106,8 +110,6 @@ def check_eval(cfg) -> None:
 def check_train(cfg) -> None:
     """Everything ``layerpeft train`` reads besides the plan and the data files (checked by
     ``plan_for`` and ``load_task``, also before any weights load)."""
-    from layerpeft.train.ist import check_config as check_ist
-
     if not _int(cfg.get("seed")):
         raise UserError(f"seed={cfg.get('seed')!r}: must be an integer")
     for key in ("train.batch_size", "train.micro_batch_size", "train.epochs", "train.save_steps", "train.log_every"):
@@ -125,14 +127,10 @@ def check_train(cfg) -> None:
         choice(cfg, "train.schedule", SCHEDULES)
     elif (cfg.method.get("train") or {}).get("schedule") is not None:
         choice(cfg, "method.train.schedule", SCHEDULES)
-    check_model(cfg)
-    check_device(cfg)
     for key in ("data.cutoff_len",):
         positive_int(cfg, key)
     positive_int(cfg, "data.train_size", optional=True)
     non_negative(cfg, "data.val_size", optional=False, integer=True)
-    if cfg.get("ist") is not None and cfg.ist.enabled:
-        check_ist(cfg.ist)
     choice(cfg, "logger.name", LOGGERS)
     if cfg.logger.name == "wandb":
         choice(cfg, "logger.mode", LOGGER_MODES)
@@ -142,3 +140,10 @@ def check_train(cfg) -> None:
         from layerpeft.data.tasks import check_dataset
 
         check_dataset(cfg.dataset)
+    # last: these import torch or transformers
+    check_device(cfg)
+    if cfg.get("ist") is not None and cfg.ist.enabled:
+        from layerpeft.train.ist import check_config as check_ist
+
+        check_ist(cfg.ist)
+    check_model(cfg)

@@ -253,6 +253,18 @@ def test_bad_values_are_refused_before_anything_loads_or_is_written(tmp_path, ov
     assert not run.exists()  # not even Hydra's files
 
 
+@pytest.mark.parametrize("override", ["train.lr=-1", "eval.batch_size=0", "data.cutoff_len=0", "logger.name=tb"])
+def test_a_bad_value_is_refused_before_torch_is_imported(tmp_path, override):
+    """Config values are checked before the command imports torch and transformers (seconds), so a
+    typo costs no wait."""
+    probe = ("import sys\nfrom layerpeft.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+             "    print('exit', e.code, 'torch' in sys.modules, 'transformers' in sys.modules)\n")
+    p = subprocess.run([sys.executable, "-c", probe, "train", *TINY, f"hydra.run.dir={tmp_path / 'run'}", override],
+                       capture_output=True, text=True, timeout=120)
+    assert p.stdout.split() == ["exit", "2", "False", "False"], p.stdout + p.stderr[-2000:]
+    assert override.split("=")[0] in error_line(p)
+
+
 def test_examples_with_nothing_to_train_on_are_left_out_or_refused(tmp_path):
     run = tmp_path / "run"
     p = train(run, "method=lora", "data.cutoff_len=8", "data.train_on_inputs=false", "train.max_steps=1")

@@ -18,30 +18,27 @@ from __future__ import annotations
 import logging
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from layerpeft.checks import check_train
-from layerpeft.commands.plan import plan_for
 from layerpeft.config import with_default_dataset
-from layerpeft.data.tasks import load_task
-from layerpeft.errors import UserError
-from layerpeft.eval.generate import evaluate
-from layerpeft.export import base_location, export_peft, peft_refusal
-from layerpeft.models.loading import load_model
-from layerpeft.peft_model import apply_plan, get_adapters, load_adapter, save_adapter
+from layerpeft.data.files import DataError
+from layerpeft.errors import TrainingDiverged, UserError
 from layerpeft.plan import PlanError
-from layerpeft.preflight import preflight
-from layerpeft.provenance import Segment, provenance
 from layerpeft.rundir import (ADAPTER_DIR, CONFIG, IST_FILE, METRICS, PLAN, PREDICTIONS, RunLock, discard_hydra_only,
                               holds_run, load_stored_config, read_metrics, resume_changes, write_json)
-from layerpeft.data.files import DataError
 from layerpeft.sweep import FAILED
-from layerpeft.tracking import make_tracker
-from layerpeft.train.ist import check_plan as check_ist_plan
-from layerpeft.train.loop import TrainingDiverged, pick_device, train
+
+if TYPE_CHECKING:
+    from layerpeft.provenance import Segment
+
+# torch, transformers and the methods are imported where they are first needed, after the config
+# values are checked: a mistyped value is refused in about a second instead of after the
+# seconds those imports take.
 
 
 log = logging.getLogger(__name__)
@@ -61,6 +58,12 @@ def prepare(cfg: DictConfig, run_dir: Path):
     changes)."""
     with_default_dataset(cfg)
     check_train(cfg)
+    from layerpeft.commands.plan import plan_for
+    from layerpeft.data.tasks import load_task
+    from layerpeft.preflight import preflight
+    from layerpeft.train.ist import check_plan as check_ist_plan
+    from layerpeft.train.loop import pick_device
+
     plan = plan_for(cfg)
     if cfg.ist.enabled:
         check_ist_plan(plan.kinds)
@@ -80,6 +83,12 @@ def prepare(cfg: DictConfig, run_dir: Path):
 
 
 def execute(cfg: DictConfig, run_dir: Path, plan, task, dev, changes: dict) -> dict:
+    from layerpeft.eval.generate import evaluate
+    from layerpeft.models.loading import load_model
+    from layerpeft.peft_model import load_adapter
+    from layerpeft.provenance import Segment, provenance
+    from layerpeft.tracking import make_tracker
+
     segment = Segment(dev.device)
     segment.info.update({"precision": dev.describe()["precision"], "resume_changed": changes})
     earlier = read_metrics(run_dir) if cfg.train.resume else None
@@ -138,6 +147,10 @@ def timing(before: list[dict], segment: Segment) -> dict:
 
 def train_and_save(cfg: DictConfig, plan, task, model, tok, dev, tracker, run_dir: Path, segment: Segment) -> dict:
     """Apply the plan, train, save the adapter; the run's metrics so far (status ``evaluating``)."""
+    from layerpeft.export import base_location, export_peft, peft_refusal
+    from layerpeft.peft_model import apply_plan, get_adapters, save_adapter
+    from layerpeft.train.loop import train
+
     adapters = apply_plan(model, plan, seed=int(cfg.seed))
     layer_params = [adapters.layer_params(i) for i in range(plan.num_layers)]
     write_json(run_dir / PLAN, {**plan.to_dict(), "layer_params": layer_params})
