@@ -29,8 +29,11 @@
         data, precision and hyper-parameters: training on the first K examples of the math-1000
         sample (layerpeft: packed micro-batches, chunked loss; HF peft + Trainer with dynamic
         padding), then greedy answers to the first N holdout questions with the adapter layerpeft
-        trained (layerpeft: continuous batching; peft's model with ``generate``, left-padded
-        batches of the same size sorted by length, stopping at EOS or a template marker). Last
+        trained, or with a finished run's (``--eval-adapter RUN``: a trained adapter answers as
+        users' adapters do, while after the bench's few steps it still answers like the base
+        model, at length; continuous batching gains where answers end at different lengths)
+        (layerpeft: continuous batching; peft's model with ``generate``, left-padded batches of
+        the same size sorted by length, stopping at EOS or a template marker). Last
         line: train_ratio and eval_ratio (ours over theirs, tokens/s and questions/s), speedup
         (their total time over ours) and answers_identical (share of identical answers).
 """
@@ -351,6 +354,8 @@ def pipeline_worker(args) -> dict:
 
     prompts = sorted((prompt_text(ex["instruction"], ex.get("input", "")) for ex in questions), key=len)
     new_tokens = int(cfg.dataset.max_new_tokens)
+    if args.eval_adapter:
+        out = Path(args.eval_adapter) / "adapter"
     if args.impl == "ours":
         from layerpeft.eval.generate import generate
 
@@ -389,13 +394,26 @@ def pipeline_worker(args) -> dict:
 def bench_pipeline(args) -> dict:
     """Ours against what a user would otherwise run, each part in its own process."""
     import tempfile
+    from pathlib import Path
 
+    if args.eval_adapter:
+        from layerpeft.peft_model import ADAPTER_FILE
+        from layerpeft.rundir import ADAPTER_DIR, CONFIG, load_stored_config
+
+        run = Path(args.eval_adapter)
+        if not (run / ADAPTER_DIR / ADAPTER_FILE).is_file() or not (run / CONFIG).is_file():
+            sys.exit(f"bench: --eval-adapter {run}: not a finished layerpeft run (no {ADAPTER_DIR}/{ADAPTER_FILE})")
+        stored = load_stored_config(run / CONFIG)
+        if (stored.method.name, stored.model.name) != (args.method, args.model):
+            sys.exit(f"bench: --eval-adapter {run}: a {stored.method.name} run on {stored.model.name}, "
+                     f"the bench compares {args.method} on {args.model}")
     with tempfile.TemporaryDirectory() as adapter_dir:
         def part(name, impl):
             cmd = [sys.executable, __file__, "_pipeline_worker", "--part", name, "--impl", impl,
                    "--adapter-dir", adapter_dir] + [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
                                                     if k in ("model", "method", "data_dir", "precision", "train_examples",
-                                                             "eval_questions", "eval_batch")]
+                                                             "eval_questions", "eval_batch", "eval_adapter")
+                                                    and v is not None]
             p = subprocess.run(cmd, capture_output=True, text=True)
             if p.returncode:
                 raise RuntimeError(f"{name}/{impl} failed:\n{p.stderr[-3000:]}")
@@ -409,7 +427,8 @@ def bench_pipeline(args) -> dict:
     total_ours, total_hf = train_ours["seconds"] + eval_ours["seconds"], train_hf["seconds"] + eval_hf["seconds"]
     print(json.dumps({"bench": "pipeline", "model": args.model, "method": args.method, "precision": args.precision,
                       "train_examples": args.train_examples, "eval_questions": args.eval_questions,
-                      "eval_batch": args.eval_batch, "train_ours": train_ours, "train_hf": train_hf,
+                      "eval_batch": args.eval_batch, "eval_adapter": args.eval_adapter,
+                      "train_ours": train_ours, "train_hf": train_hf,
                       "eval_ours_s": eval_ours["seconds"], "eval_hf_s": eval_hf["seconds"]}), file=sys.stderr)
     return {"train_ratio": train_ratio, "eval_ratio": eval_ratio, "speedup": total_hf / total_ours,
             "answers_identical": same}
@@ -499,6 +518,8 @@ def main() -> None:
         p.add_argument("--train-examples", type=int, default=64, help="K: the first K of the math-1000 sample")
         p.add_argument("--eval-questions", type=int, default=64, help="N: the first N holdout questions")
         p.add_argument("--eval-batch", type=int, default=32)
+        p.add_argument("--eval-adapter", metavar="RUN", default=None,
+                       help="answer with this finished LoRA run's adapter instead of the one the bench trained")
         p.add_argument("--part", choices=["train", "eval"])
         p.add_argument("--impl", choices=["ours", "hf"])
         p.add_argument("--adapter-dir")

@@ -80,3 +80,48 @@ def test_chunked_loss_is_the_transformers_loss(model_name, monkeypatch):
     assert ours[0] == pytest.approx(theirs.item(), rel=1e-6)
     for name, g in ours[1].items():
         torch.testing.assert_close(g, adapters.trainable()[name].grad, atol=1e-6, rtol=1e-5)
+
+
+def test_sequence_spans_are_the_packed_sequences():
+    from layerpeft.train.packed_attention import sequence_spans
+
+    assert sequence_spans(pack(examples())["position_ids"]) == [(0, 11), (11, 18), (18, 32)]
+    assert sequence_spans(torch.arange(9)[None]) is None  # one sequence: nothing to split
+    assert sequence_spans(collate(examples(), pad_id=0)["input_ids"]) is None  # several rows
+    assert sequence_spans(None) is None
+
+
+@pytest.mark.parametrize("model_name,case", [("tiny", "lora"), ("tiny_gptj", "lora"), ("tiny", "hlpt_nogate"),
+                                             ("tiny", "para")])
+def test_packed_rows_attend_one_sequence_at_a_time_with_the_whole_rows_result(model_name, case, monkeypatch):
+    """The training loss runs each plain layer's attention kernel on one sequence at a time,
+    unmasked (the causal kernel), and layers with keys of their own (a prefix) on the whole row; loss and gradients are the whole-row computation's, and the model's own attention
+    is back afterwards."""
+    import contextlib
+
+    import layerpeft.train.loss as loss_module
+
+    model, adapters = built(model_name, case)
+    batch = pack(examples())
+    before = model.config._attn_implementation
+    kernel = torch.nn.functional.scaled_dot_product_attention
+    calls = []
+
+    def recording(query, key, value, attn_mask=None, *args, **kwargs):
+        calls.append((query.shape[2], attn_mask is None))
+        return kernel(query, key, value, attn_mask, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    split = loss_and_grads(model, adapters, batch)
+    assert model.config._attn_implementation == before
+    extended = sum(1 for kinds in adapters.plan.layers if "prefix" in kinds)  # keys of their own
+    plain = adapters.plan.num_layers - extended
+    assert plain > 0 and sorted(calls) == sorted([(11, True), (7, True), (14, True)] * plain + [(32, False)] * extended)
+    calls.clear()
+    monkeypatch.setattr(loss_module, "attend_by_sequence", lambda *a: contextlib.nullcontext())
+    whole = loss_and_grads(model, adapters, batch)
+    assert calls and all(c == (32, False) for c in calls)  # the block-diagonal mask over the row
+    assert split[0] == pytest.approx(whole[0], rel=1e-6)
+    assert split[1].keys() == whole[1].keys()
+    for name, g in whole[1].items():
+        torch.testing.assert_close(split[1][name], g, atol=1e-6, rtol=1e-5, msg=name)

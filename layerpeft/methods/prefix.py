@@ -217,6 +217,11 @@ def gated_attention(query, key, value, mask, pk, pv, gates, scale: float, scalin
     return out.transpose(1, 2).contiguous(), None
 
 
+def extends_attention(attn: nn.Module) -> bool:
+    """Whether a module is attached to ``attn``'s attention (``attach_attention``)."""
+    return attn.__dict__.get(_ATTR) is not None
+
+
 def attach_attention(module: AdapterModule, attn: nn.Module) -> "_DictEntryHandle":
     """Make ``module.extend`` part of ``attn``'s attention (see ``install_prefix_attention``)."""
     attn.__dict__[_ATTR] = module
