@@ -66,20 +66,32 @@ def test_pack_layout():
     assert "attention_mask" not in batch
 
 
+@pytest.mark.parametrize("case", ["lora", "full"])  # full: the head's weight (and GPT-J's bias) train too
 @pytest.mark.parametrize("model_name", TINY_MODELS)
-def test_chunked_loss_is_the_transformers_loss(model_name, monkeypatch):
+def test_chunked_loss_is_the_transformers_loss(model_name, case, monkeypatch):
+    """Loss and gradients (computed in the forward pass, scaled in the backward) equal
+    transformers' full-logits loss, also for a scaled loss as gradient accumulation uses, and
+    without grad mode the loss is the same."""
     import layerpeft.train.loss as loss_module
 
     monkeypatch.setattr(loss_module, "CHUNK", 5)  # several chunks, the last one short
-    model, adapters = built(model_name, "lora")
+    model, adapters = built(model_name, case)
     batch = collate(examples(), pad_id=0)
     ours = loss_and_grads(model, adapters, batch)
     model.zero_grad(set_to_none=True)
     theirs = model(**batch).loss
-    theirs.backward()
+    (theirs * 0.3).backward()
     assert ours[0] == pytest.approx(theirs.item(), rel=1e-6)
+    head = model.get_output_embeddings()
+    assert (case == "full") == any(p is head.weight for p in adapters.trainable().values())
     for name, g in ours[1].items():
-        torch.testing.assert_close(g, adapters.trainable()[name].grad, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(g * 0.3, adapters.trainable()[name].grad, atol=1e-6, rtol=1e-5, msg=name)
+    model.zero_grad(set_to_none=True)
+    (causal_lm_loss(model, batch) * 0.3).backward()
+    for name, g in ours[1].items():
+        torch.testing.assert_close(g * 0.3, adapters.trainable()[name].grad, atol=1e-6, rtol=1e-5, msg=name)
+    with torch.no_grad():
+        assert causal_lm_loss(model, batch).item() == pytest.approx(ours[0], rel=1e-6)
 
 
 def test_sequence_spans_are_the_packed_sequences():
