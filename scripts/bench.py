@@ -28,12 +28,12 @@
         end to end against what a user would otherwise run, each part in its own process, same
         data, precision and hyper-parameters: training on the first K examples of the math-1000
         sample (layerpeft: packed micro-batches, chunked loss; HF peft + Trainer with dynamic
-        padding), then greedy answers to the first N holdout questions with the adapter layerpeft
-        trained, or with a finished run's (``--eval-adapter RUN``: a trained adapter answers as
-        users' adapters do, while after the bench's few steps it still answers like the base
-        model, at length; continuous batching gains where answers end at different lengths)
-        (layerpeft: continuous batching; peft's model with ``generate``, left-padded batches of
-        the same size sorted by length, stopping at EOS or a template marker). Last
+        padding), then greedy answers to the first N holdout questions (layerpeft: continuous
+        batching; peft's model with ``generate``, left-padded batches of the same size sorted by
+        length, stopping at EOS or a template marker), both with the adapter layerpeft trained
+        or, with ``--eval-adapter RUN``, a finished LoRA run's: after the bench's few steps an
+        adapter still answers like the base model, at length, while a trained one answers at
+        the varied lengths users' adapters do, which is where continuous batching gains. Last
         line: train_ratio and eval_ratio (ours over theirs, tokens/s and questions/s), speedup
         (their total time over ours) and answers_identical (share of identical answers).
 """

@@ -107,8 +107,9 @@ def test_sequence_spans_are_the_packed_sequences():
                                              ("tiny", "para")])
 def test_packed_rows_attend_one_sequence_at_a_time_with_the_whole_rows_result(model_name, case, monkeypatch):
     """The training loss runs each plain layer's attention kernel on one sequence at a time,
-    unmasked (the causal kernel), and layers with keys of their own (a prefix) on the whole row; loss and gradients are the whole-row computation's, and the model's own attention
-    is back afterwards."""
+    unmasked (the causal kernel), and layers with keys of their own (a prefix) on the whole row;
+    loss and gradients are the whole-row computation's, and the model's own attention is back
+    afterwards."""
     import contextlib
 
     import layerpeft.train.loss as loss_module
@@ -128,7 +129,8 @@ def test_packed_rows_attend_one_sequence_at_a_time_with_the_whole_rows_result(mo
     assert model.config._attn_implementation == before
     extended = sum(1 for kinds in adapters.plan.layers if "prefix" in kinds)  # keys of their own
     plain = adapters.plan.num_layers - extended
-    assert plain > 0 and sorted(calls) == sorted([(11, True), (7, True), (14, True)] * plain + [(32, False)] * extended)
+    expected = [(11, True), (7, True), (14, True)] * plain + [(32, False)] * extended
+    assert plain > 0 and sorted(calls) == sorted(expected)
     calls.clear()
     monkeypatch.setattr(loss_module, "attend_by_sequence", lambda *a: contextlib.nullcontext())
     whole = loss_and_grads(model, adapters, batch)
