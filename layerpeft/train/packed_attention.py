@@ -25,22 +25,20 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 from layerpeft.methods.prefix import extends_attention
+from layerpeft.peft_model import packed_segments
 
 #: The sequence boundaries of the packed row being trained on, while ``attend_by_sequence`` holds.
 _spans: list[tuple[int, int]] | None = None
 
 
 def sequence_spans(position_ids: torch.Tensor | None) -> list[tuple[int, int]] | None:
-    """(start, end) of each sequence of a single packed row (positions restart at each), or None
-    when the input is not one row of several sequences."""
-    if position_ids is None or position_ids.dim() != 2 or position_ids.shape[0] != 1 or position_ids.shape[1] < 2:
+    """(start, end) of each sequence of a single packed row (``packed_segments``' rule: positions
+    restart at each), or None when the input is not one row of several sequences."""
+    segments = packed_segments(position_ids)
+    if segments is None or segments.shape[0] != 1:
         return None
-    pos = position_ids[0]
-    starts = (torch.nonzero(pos[1:] != pos[:-1] + 1).flatten() + 1).tolist()
-    if not starts:
-        return None
-    bounds = [0, *starts, pos.shape[0]]
-    return list(zip(bounds[:-1], bounds[1:]))
+    ends = torch.bincount(segments[0]).cumsum(0).tolist()
+    return list(zip([0, *ends[:-1]], ends))
 
 
 def _kernel(name: str) -> str | None:
@@ -86,7 +84,7 @@ def attend_by_sequence(model, position_ids: torch.Tensor | None) -> Iterator[Non
     config = model.config
     base = config._attn_implementation
     spans = sequence_spans(position_ids)
-    if spans is None or _kernel(base) is None or base not in ALL_ATTENTION_FUNCTIONS or _spans is not None:
+    if spans is None or _kernel(base) is None or _spans is not None:
         yield
         return
     config._attn_implementation, _spans = _by_sequence(base), spans
